@@ -1,0 +1,48 @@
+# slimdump: set up, demo, test.  Run as root on Debian 12 (apt-get installs
+# QEMU, kexec-tools, makedumpfile, crash and elfutils for the lab and oracles).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile crash \
+                elfutils binutils zstd
+
+.PHONY: setup demo test lint fixtures bench clean
+
+STAMP  := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# The main job: crash Debian's 6.1 kernel with a fatal machine check in QEMU,
+# capture /proc/vmcore with a real kdump kernel, then do what a kernel with the
+# NT_NOCOREDUMP patch and slimdump would: mark, capture a slimdump, inspect.
+demo: setup
+	$(PY) -m tests.lab.vmcorelab build 6.1-mce
+	bash scripts/demo.sh $(PY)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+fixtures: setup
+	$(PY) -m tests.lab.vmcorelab build
+
+bench: setup
+	$(PY) -m tests.lab.vmcorelab build 6.1-mce 6.1-mce-4g
+	$(PY) bench/slim_capture.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

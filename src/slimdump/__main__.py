@@ -1,0 +1,7 @@
+"""``python -m slimdump``."""
+
+import sys
+
+from slimdump.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""The ``slimdump`` command line: a thin layer over the library.
+
+Exit status follows makedumpfile: 0 done, 1 failed.  Every failure prints
+one line on stderr naming the file and the problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from slimdump import __version__
+from slimdump.analysis.report import collect, render
+from slimdump.capture import SLIM, capture
+from slimdump.errors import DumpError
+from slimdump.notes import NoCoreDump, find_nocoredump
+from slimdump.sources import ElfCore, open_dump
+from slimdump.triage.reasons import HEADLINES, valid_reason
+from slimdump.writers.marked import write_marked
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+DESCRIPTION = """\
+slimdump saves and explains Linux kernel crash dumps (kdump).
+
+When the crashed kernel left an NT_NOCOREDUMP note (a hardware error: fatal
+machine check, firmware-reported fatal error, unrecoverable NMI), capture
+writes a slimdump: the ELF headers and notes (registers, VMCOREINFO, the
+reason), kilobytes, without reading the crashed kernel's memory.
+"""
+
+EPILOG = """\
+examples:
+  slimdump capture /proc/vmcore /var/crash/vmcore       # slimdump if the kernel said so
+  slimdump capture --full /proc/vmcore /var/crash/vmcore   # the complete dump anyway
+  slimdump inspect /var/crash/vmcore                    # why did it crash?
+  slimdump inspect --json /var/crash/vmcore | jq .nocoredump
+  slimdump mark vmcore vmcore.mce --reason PANIC_MCE --message "Fatal local machine check"
+
+exit status: 0 done, 1 failed (as makedumpfile)
+"""
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
+                     progress=False if args.no_progress else None)
+    d = result.decision
+    what = "slimdump" if d.action == SLIM else "complete dump"
+    reason = f" [{d.reason.reason}: {d.reason.message}]" if d.reason else ""
+    print(f"slimdump: {d.why}{reason}", file=sys.stderr)
+    print(f"slimdump: wrote {what} {args.dst} ({_size(result.size)}) in "
+          f"{result.seconds:.2f} s; read {_size(result.source_bytes_read)} of headers "
+          f"and notes from {args.src}" + (
+              f", copied {_size(result.extra['data_bytes'])} with "
+              f"{result.extra['copy_method']}" if "copy_method" in result.extra else ""),
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
+    if not valid_reason(args.reason):
+        raise DumpError(None, f"invalid reason code {args.reason!r}: use printable ASCII "
+                              "without spaces, e.g. PANIC_MCE")
+    with open_dump(args.src) as source:
+        if not isinstance(source, ElfCore):
+            raise DumpError(args.src, "mark needs an ELF vmcore")
+        existing = find_nocoredump(source.notes)
+        if existing is not None and not args.force:
+            raise DumpError(args.src, f"already carries an NT_NOCOREDUMP note "
+                                      f"({existing.name}); use -f to add another (the "
+                                      "first one counts)")
+        note = NoCoreDump(args.reason, args.message).to_note()
+        shift = write_marked(source, args.dst, note, overwrite=args.force,
+                             progress=False if args.no_progress else None)
+    where = "in the note padding" if shift == 0 else f"moving the data by {shift} bytes"
+    print(f"slimdump: wrote {args.dst} with NT_NOCOREDUMP {args.reason} ({where})",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with open_dump(args.file) as source:
+        facts = collect(source)
+    if args.json:
+        json.dump(facts, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render(facts, all_vmcoreinfo=args.vmcoreinfo))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimdump", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--version", action="version", version=f"slimdump {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cap = sub.add_parser(
+        "capture", help="save a dump: a slimdump when the kernel left NT_NOCOREDUMP",
+        description="Read SRC (/proc/vmcore or a saved ELF vmcore) and write DST. With an "
+                    "NT_NOCOREDUMP note, DST is a slimdump (ELF headers + notes, no memory "
+                    "read); otherwise, or with --full, DST is the complete dump, a byte-exact "
+                    "copy. DST is written under a temporary name, fsynced and renamed; mode "
+                    "0600.")
+    cap.add_argument("src", metavar="SRC", help="the dump to read, e.g. /proc/vmcore")
+    cap.add_argument("dst", metavar="DST", help="the file to write")
+    cap.add_argument("--full", action="store_true",
+                     help="collect the complete vmcore whatever the reason")
+    cap.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
+    cap.add_argument("--no-progress", action="store_true",
+                     help="no progress bar (shown only on a terminal anyway)")
+    cap.set_defaults(fn=cmd_capture)
+
+    mark = sub.add_parser(
+        "mark", help="copy a vmcore adding an NT_NOCOREDUMP note (simulate the kernel side)",
+        description="Write a copy of SRC whose notes carry an NT_NOCOREDUMP note, as a kernel "
+                    "with the 2011 slimdump patch would have left /proc/vmcore. Known reason "
+                    f"codes: {', '.join(HEADLINES)}.")
+    mark.add_argument("src", metavar="SRC")
+    mark.add_argument("dst", metavar="DST")
+    mark.add_argument("--reason", required=True, metavar="CODE",
+                      help="reason code, the note's owner name (e.g. PANIC_MCE)")
+    mark.add_argument("--message", default="", metavar="TEXT",
+                      help="the kernel's words for the cause (e.g. 'Fatal local machine check')")
+    mark.add_argument("-f", "--force", action="store_true",
+                      help="overwrite DST; add a note even if SRC has one")
+    mark.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mark.set_defaults(fn=cmd_mark)
+
+    ins = sub.add_parser(
+        "inspect", help="tell why the machine died",
+        description="Print what FILE says about the crash: the NT_NOCOREDUMP headline and "
+                    "reason, kernel release, crash time, per-CPU registers, notes and "
+                    "VMCOREINFO. Reads headers and notes only.")
+    ins.add_argument("file", metavar="FILE")
+    ins.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
+    ins.add_argument("--vmcoreinfo", action="store_true", help="also list every VMCOREINFO entry")
+    ins.set_defaults(fn=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DumpError as exc:
+        print(f"slimdump: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("slimdump: interrupted; nothing was written under the final name",
+              file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

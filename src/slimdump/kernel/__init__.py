@@ -1,0 +1,1 @@
+"""The crashed kernel seen through VMCOREINFO, without vmlinux or debug info."""

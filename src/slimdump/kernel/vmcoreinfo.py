@@ -1,0 +1,154 @@
+"""Typed access to the VMCOREINFO note.
+
+VMCOREINFO is ``KEY=VALUE`` text the kernel writes at boot (and CRASHTIME at
+panic).  Keys come in forms: ``SYMBOL(x)`` (hex without 0x), ``SIZE(x)``,
+``OFFSET(s.m)``, ``LENGTH(x)`` and ``NUMBER(x)`` (decimal, possibly negative,
+or ``0x`` hex for the few entries the kernel prints so), plus plain keys
+(OSRELEASE, PAGESIZE, KERNELOFFSET, CRASHTIME, BUILD-ID...).  As in
+makedumpfile, the first line with a key wins and numbers are parsed as
+decimal first, hex second.  Kernel features are decided by which keys exist,
+never by the release string.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+
+_KEY = re.compile(r"^(SYMBOL|SIZE|OFFSET|LENGTH|NUMBER)\((.+)\)$")
+
+
+def parse_int(text: str) -> int:
+    """Decimal first (signed), then hex with or without 0x; ValueError if neither."""
+    text = text.strip()
+    try:
+        return int(text, 10)
+    except ValueError:
+        return int(text, 16)
+
+
+@dataclass
+class VmcoreInfo:
+    """The parsed VMCOREINFO text.  ``entries`` keeps every key in first-seen
+    order with its raw value; typed getters return None for missing keys."""
+
+    text: str
+    entries: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> VmcoreInfo:
+        text = data.decode("ascii", "replace") if isinstance(data, bytes) else data
+        text = text.split("\0", 1)[0]
+        entries: dict[str, str] = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key and key not in entries:
+                entries[key] = value
+        return cls(text, entries)
+
+    def get(self, key: str) -> str | None:
+        return self.entries.get(key)
+
+    def _int(self, key: str, base16: bool = False) -> int | None:
+        raw = self.entries.get(key)
+        if raw is None:
+            return None
+        try:
+            return int(raw.strip(), 16) if base16 else parse_int(raw)
+        except ValueError:
+            return None
+
+    def symbol(self, name: str) -> int | None:
+        return self._int(f"SYMBOL({name})", base16=True)
+
+    def number(self, name: str) -> int | None:
+        return self._int(f"NUMBER({name})")
+
+    def size(self, name: str) -> int | None:
+        return self._int(f"SIZE({name})")
+
+    def offset(self, member: str) -> int | None:
+        return self._int(f"OFFSET({member})")
+
+    def length(self, name: str) -> int | None:
+        return self._int(f"LENGTH({name})")
+
+    @property
+    def osrelease(self) -> str | None:
+        return self.entries.get("OSRELEASE")
+
+    @property
+    def build_id(self) -> str | None:
+        return self.entries.get("BUILD-ID")
+
+    @property
+    def page_size(self) -> int | None:
+        return self._int("PAGESIZE")
+
+    @property
+    def kerneloffset(self) -> int | None:
+        return self._int("KERNELOFFSET", base16=True)
+
+    @property
+    def crashtime(self) -> int | None:
+        return self._int("CRASHTIME")
+
+    @property
+    def crash_datetime(self) -> dt.datetime | None:
+        """CRASHTIME as an aware UTC datetime, None when absent or absurd."""
+        seconds = self.crashtime
+        if seconds is None:
+            return None
+        try:
+            return dt.datetime.fromtimestamp(seconds, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+
+    @property
+    def pgtable_levels(self) -> int | None:
+        """4 or 5 on x86_64 (from NUMBER(pgtable_l5_enabled)), else None."""
+        l5 = self.number("pgtable_l5_enabled")
+        return None if l5 is None else (5 if l5 else 4)
+
+    @property
+    def printk_format(self) -> str | None:
+        """Which log buffer the kernel has, told by the symbols it exports."""
+        if self.symbol("prb") is not None:
+            return "lockless ring buffer (5.10+)"
+        if self.size("printk_log") is not None:
+            return "struct printk_log records (3.5-5.9)"
+        if self.symbol("log_buf") is not None:
+            return "plain log_buf"
+        return None
+
+    def facts(self) -> dict[str, object]:
+        """The main facts an analyst wants first, as plain values."""
+        crash = self.crash_datetime
+        phys_base = self.number("phys_base")
+        return {
+            "osrelease": self.osrelease,
+            "build_id": self.build_id,
+            "page_size": self.page_size,
+            "crashtime": self.crashtime,
+            "crash_time_utc": crash.strftime("%Y-%m-%dT%H:%M:%SZ") if crash else None,
+            "kerneloffset": self.kerneloffset,
+            "phys_base": phys_base,
+            "pgtable_levels": self.pgtable_levels,
+            "stext": self.symbol("_stext"),
+            "mem_section": self.symbol("mem_section"),
+            "section_size_bits": self.number("SECTION_SIZE_BITS"),
+            "max_physmem_bits": self.number("MAX_PHYSMEM_BITS"),
+            "sizeof_page": self.size("page"),
+            "printk": self.printk_format,
+            "keys": len(self.entries),
+        }
+
+    def forms(self) -> dict[str, dict[str, str]]:
+        """Entries grouped by form (SYMBOL, SIZE, ...; 'plain' for the rest)."""
+        grouped: dict[str, dict[str, str]] = {}
+        for key, value in self.entries.items():
+            m = _KEY.match(key)
+            form, name = (m.group(1), m.group(2)) if m else ("plain", key)
+            grouped.setdefault(form, {})[name] = value
+        return grouped

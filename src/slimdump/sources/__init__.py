@@ -1,0 +1,41 @@
+"""Dump files behind one interface: notes, memory map, physical reads.
+
+:func:`open_dump` tells the format by its first bytes and returns a
+:class:`~slimdump.sources.base.DumpSource`.  Sources know file formats, not
+kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+from slimdump.errors import DumpError
+from slimdump.sources.base import DumpSource, Segment
+from slimdump.sources.elfcore import ElfCore
+from slimdump.sources.rawfile import RawFile
+
+__all__ = ["DumpSource", "ElfCore", "Segment", "open_dump"]
+
+_KDUMP_SIGNATURES = (b"KDUMP   ", b"DISKDUMP")
+_FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
+
+
+def open_dump(path: str | os.PathLike[str]) -> DumpSource:
+    """Open a dump file of any supported format; DumpError if it is none."""
+    raw = RawFile.open(path)
+    try:
+        magic = raw.read_at(0, 16, what="file signature", allow_short=True)
+        if magic[:4] == b"\x7fELF":
+            return ElfCore(raw)
+        if magic[:8] in _KDUMP_SIGNATURES:
+            raise DumpError(path, "kdump-compressed dumps are not supported yet "
+                                  "(ELF cores and /proc/vmcore are)")
+        if magic.startswith(_FLAT_SIGNATURE):
+            raise DumpError(path, "makedumpfile flattened streams are not supported yet "
+                                  "(ELF cores and /proc/vmcore are)")
+        if not magic:
+            raise DumpError(path, "file is empty")
+        raise DumpError(path, f"not a crash dump: unknown format (first bytes {magic[:8].hex()})")
+    except BaseException:
+        raw.close()
+        raise

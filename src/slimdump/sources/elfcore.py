@@ -1,0 +1,141 @@
+"""ELF core files: /proc/vmcore, saved ELF vmcores, slimdumps.
+
+Opening a core reads the ELF header, the program headers and the note
+segments, nothing else; memory is read only through :meth:`read_phys`.
+Everything is validated against the file size before it is trusted, so a
+hostile or truncated file gives a one-line :class:`DumpError`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from slimdump.elf import (
+    ET_CORE,
+    PN_XNUM,
+    PT_LOAD,
+    PT_NOTE,
+    ElfFormatError,
+    ElfHeader,
+    Note,
+    ProgramHeader,
+    parse_notes,
+)
+from slimdump.errors import DumpError, NotInDump
+from slimdump.sources.base import DumpSource, Segment
+from slimdump.sources.rawfile import RawFile
+
+_ET_NAMES = {0: "no file type", 1: "relocatable object", 2: "executable",
+             3: "shared object", 4: "core"}
+# A note segment larger than this is not something a kernel writes.
+MAX_NOTE_SEGMENT = 256 << 20
+
+
+class ElfCore(DumpSource):
+    """An ELF core file opened for reading."""
+
+    format = "elf"
+
+    def __init__(self, raw: RawFile) -> None:
+        self.raw = raw
+        self.path = raw.path
+        self.size = raw.size
+        try:
+            self.header = ElfHeader.parse(raw.read_at(0, 64, what="ELF header",
+                                                      allow_short=True))
+        except ElfFormatError as exc:
+            raise DumpError(self.path, str(exc)) from None
+        hdr = self.header
+        if hdr.e_type != ET_CORE:
+            kind = _ET_NAMES.get(hdr.e_type, f"e_type {hdr.e_type}")
+            raise DumpError(self.path, f"ELF file is not a core dump ({kind})")
+        self.phdrs = self._read_program_headers()
+        self.note_segments = [ph for ph in self.phdrs if ph.p_type == PT_NOTE]
+        self.notes = self._read_notes()
+        self.segments = [Segment(ph.p_paddr, ph.p_vaddr, ph.p_memsz, ph.p_offset, ph.p_filesz)
+                         for ph in self.phdrs if ph.p_type == PT_LOAD]
+
+    def _read_program_headers(self) -> list[ProgramHeader]:
+        hdr = self.header
+        if hdr.e_phentsize != hdr.phdr_size:
+            raise DumpError(self.path, f"program header size {hdr.e_phentsize} is wrong for "
+                                       f"{hdr.class_name} (expected {hdr.phdr_size})")
+        phnum = hdr.e_phnum
+        if phnum == PN_XNUM:
+            phnum = self._extended_phnum()
+        if phnum == 0:
+            raise DumpError(self.path, "core file has no program headers")
+        table = phnum * hdr.phdr_size
+        if hdr.e_phoff + table > self.size:
+            raise DumpError(self.path, f"program header table ({phnum} entries at offset "
+                                       f"{hdr.e_phoff:#x}) runs past the end of the file "
+                                       f"({self.size} bytes)")
+        data = self.raw.read_at(hdr.e_phoff, table, what="program headers")
+        return [ProgramHeader.parse(data, i * hdr.phdr_size, hdr) for i in range(phnum)]
+
+    def _extended_phnum(self) -> int:
+        """e_phnum == PN_XNUM: the real count is sh_info of section header 0
+        (kernels write this for machines with more than 65534 ranges)."""
+        hdr = self.header
+        shsize = 64 if hdr.elf64 else 40
+        if hdr.e_shoff == 0 or hdr.e_shoff + shsize > self.size:
+            raise DumpError(self.path, "e_phnum is PN_XNUM but there is no section header 0")
+        sh = self.raw.read_at(hdr.e_shoff, shsize, what="section header 0")
+        return struct.unpack_from(hdr.endian + "I", sh, 44 if hdr.elf64 else 28)[0]
+
+    def _read_notes(self) -> list[Note]:
+        notes: list[Note] = []
+        for index, ph in enumerate(self.note_segments):
+            if ph.p_filesz > MAX_NOTE_SEGMENT:
+                raise DumpError(self.path, f"note segment {index} claims {ph.p_filesz} bytes, "
+                                           f"more than any kernel writes")
+            if ph.p_offset + ph.p_filesz > self.size:
+                raise DumpError(self.path, f"note segment {index} (offset {ph.p_offset:#x}, "
+                                           f"{ph.p_filesz} bytes) runs past the end of the "
+                                           f"file ({self.size} bytes)")
+            data = self.raw.read_at(ph.p_offset, ph.p_filesz, what="notes")
+            try:
+                notes.extend(parse_notes(data, self.header.endian, ph.p_offset))
+            except ElfFormatError as exc:
+                raise DumpError(self.path, str(exc)) from None
+        return notes
+
+    @property
+    def bytes_read(self) -> int:
+        return self.raw.bytes_read
+
+    @property
+    def data_end(self) -> int:
+        """Where the last segment's data ends (headers included)."""
+        end = self.header.e_phoff + len(self.phdrs) * self.header.phdr_size
+        for ph in self.phdrs:
+            if ph.p_filesz:
+                end = max(end, ph.p_offset + ph.p_filesz)
+        return end
+
+    def read_phys(self, paddr: int, size: int) -> bytes:
+        """Read physical memory; NotInDump where no PT_LOAD covers it, zeros
+        where a segment's p_memsz runs past its p_filesz (as ELF defines)."""
+        out = bytearray()
+        addr, end = paddr, paddr + size
+        while addr < end:
+            seg = self._segment_at(addr)
+            if seg is None:
+                raise NotInDump(self.path, f"physical address {addr:#x} is not in the dump")
+            chunk_end = min(end, seg.phys_end)
+            in_file = max(0, min(chunk_end, seg.phys_start + seg.file_size) - addr)
+            if in_file:
+                out += self.raw.read_at(seg.file_offset + addr - seg.phys_start, in_file,
+                                        what=f"memory at {addr:#x}")
+            out += bytes(chunk_end - addr - in_file)
+            addr = chunk_end
+        return bytes(out)
+
+    def _segment_at(self, paddr: int) -> Segment | None:
+        for seg in self.segments:
+            if seg.phys_start <= paddr < seg.phys_end:
+                return seg
+        return None
+
+    def close(self) -> None:
+        self.raw.close()

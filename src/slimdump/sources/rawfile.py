@@ -1,0 +1,76 @@
+"""Positioned, counted reads from one file.
+
+Every byte slimdump takes from a dump goes through :meth:`RawFile.read_at`,
+so a command can say (and a test can assert) exactly how much it read.
+Short reads and I/O errors become :class:`DumpError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from slimdump.errors import DumpError
+
+
+class RawFile:
+    """An open file with counted pread()s."""
+
+    def __init__(self, path: str, fd: int, size: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.bytes_read = 0
+        self.reads = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RawFile:
+        path = os.fspath(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DumpError(path, exc.strerror or str(exc)) from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise DumpError(path, "is a directory")
+            size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
+        except DumpError:
+            os.close(fd)
+            raise
+        except OSError as exc:
+            os.close(fd)
+            raise DumpError(path, exc.strerror or str(exc)) from None
+        return cls(path, fd, size)
+
+    def read_at(self, offset: int, size: int, *, what: str = "data",
+                allow_short: bool = False) -> bytes:
+        """Read ``size`` bytes at ``offset``; DumpError if the file ends first
+        (unless ``allow_short``) or the read fails."""
+        if offset < 0 or offset + size > 1 << 63:
+            raise DumpError(self.path, f"{what} at offset {offset:#x} lies beyond any file")
+        chunks = []
+        done = 0
+        while done < size:
+            try:
+                chunk = os.pread(self.fd, min(size - done, 1 << 24), offset + done)
+            except OSError as exc:
+                raise DumpError(self.path, f"read error at offset {offset + done:#x} "
+                                           f"({what}): {exc.strerror or exc}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            done += len(chunk)
+        self.bytes_read += done
+        self.reads += 1
+        data = b"".join(chunks)
+        if done < size and not allow_short:
+            raise DumpError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
+                                       f"{offset + size:#x} but the file ends at "
+                                       f"{offset + done:#x}")
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

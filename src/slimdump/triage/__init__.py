@@ -1,0 +1,1 @@
+"""Why the machine died: reason codes, and (later) panic classification."""

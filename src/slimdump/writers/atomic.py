@@ -1,0 +1,76 @@
+"""Output that appears under its final name only when complete.
+
+A dump is written to a temporary file beside the destination (mode 0600: a
+dump holds secrets), fsynced, then renamed; the directory is fsynced too.
+On any error the temporary file is removed, so a half-written file never
+stands under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from types import TracebackType
+
+from slimdump.errors import DumpError
+
+
+class AtomicOutput:
+    """Context manager: ``with AtomicOutput(dst) as out: os.write(out.fd, ...)``,
+    then ``out.commit()``.  Leaving the block without commit() discards."""
+
+    def __init__(self, dst: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        self.dst = os.fspath(dst)
+        self.overwrite = overwrite
+        self.tmp = ""
+        self.fd = -1
+        self.committed = False
+
+    def __enter__(self) -> AtomicOutput:
+        if os.path.lexists(self.dst) and not self.overwrite:
+            raise DumpError(self.dst, "already exists (use -f to overwrite)")
+        directory = os.path.dirname(os.path.abspath(self.dst))
+        try:
+            self.fd, self.tmp = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(self.dst)}.", suffix=".part")
+        except OSError as exc:
+            raise DumpError(self.dst, f"cannot create output: {exc.strerror or exc}") from None
+        return self
+
+    def write(self, data: bytes, offset: int | None = None) -> None:
+        """Write all of ``data`` (at ``offset`` when given); DumpError on failure."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = (os.write(self.fd, view) if offset is None
+                     else os.pwrite(self.fd, view, offset))
+                view = view[n:]
+                if offset is not None:
+                    offset += n
+        except OSError as exc:
+            raise DumpError(self.dst, f"write failed: {exc.strerror or exc}") from None
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.tmp, self.dst)
+            self.committed = True
+            dirfd = os.open(os.path.dirname(os.path.abspath(self.dst)), os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        except OSError as exc:
+            raise DumpError(self.dst, f"cannot complete output: {exc.strerror or exc}") from None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if not self.committed and self.tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)

@@ -1,0 +1,94 @@
+"""Parsers for what the independent readers print (eu-readelf, readelf).
+
+Tests compare slimdump's view of a file with these, never with slimdump's
+own earlier output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import run, tool
+
+_FIELD = re.compile(r"([A-Za-z_][\w.]*):\s+(-?0x[0-9a-fA-F]+|-?\d+)\b")
+_NOTE_ROW = re.compile(r"^  (\S+)\s+(\d+)\s+(.+)$")
+
+
+@dataclass
+class EuNote:
+    owner: str
+    size: int
+    type: str
+    fields: dict[str, int] = field(default_factory=dict)
+    text: list[str] = field(default_factory=list)
+
+
+def eu_readelf_notes(path: Path) -> list[EuNote]:
+    """``eu-readelf -n``: every note with its decoded fields (registers for
+    PRSTATUS, as integers) and any text lines it printed (VMCOREINFO)."""
+    out = run(tool("eu-readelf"), "-n", path).stdout
+    notes: list[EuNote] = []
+    for line in out.splitlines():
+        row = _NOTE_ROW.match(line)
+        if row and not line.startswith("   "):
+            notes.append(EuNote(row.group(1), int(row.group(2)), row.group(3).strip()))
+        elif notes and line.startswith("    "):
+            for key, value in _FIELD.findall(line):
+                notes[-1].fields.setdefault(key, int(value, 0))
+            notes[-1].text.append(line.strip())
+    return notes
+
+
+@dataclass
+class ReadelfNote:
+    owner: str
+    size: int
+    description: str
+
+
+def readelf_notes(path: Path) -> list[ReadelfNote]:
+    """``readelf -n`` (binutils): owner, size and description of each note."""
+    out = run(tool("readelf"), "-nW", path).stdout
+    notes = []
+    for line in out.splitlines():
+        m = re.match(r"^  (\S+)\s+(0x[0-9a-f]+)\s+(.+)$", line)
+        if m:
+            notes.append(ReadelfNote(m.group(1), int(m.group(2), 16), m.group(3).strip()))
+    return notes
+
+
+@dataclass
+class Load:
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+def readelf_loads(path: Path) -> list[Load]:
+    """``readelf -lW``: the PT_LOAD program headers."""
+    out = run(tool("readelf"), "-lW", path).stdout
+    loads = []
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ["LOAD"]:
+            loads.append(Load(*(int(x, 16) for x in parts[1:6])))
+    return loads
+
+
+def readelf_segment_types(path: Path) -> list[str]:
+    out = run(tool("readelf"), "-lW", path).stdout
+    types = []
+    in_table = False
+    for line in out.splitlines():
+        if line.strip().startswith("Type"):
+            in_table = True
+            continue
+        if in_table:
+            if not line.strip():
+                break
+            types.append(line.split()[0])
+    return types

@@ -1,0 +1,193 @@
+"""Bad input gets one line on stderr naming the file, exit status 1, no
+traceback and no output file: hand-made cases, then hypothesis mutating
+the headers and notes of real vmcores."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slimdump import cli
+from tests import synthcore as sc
+from tests.conftest import real_vmcore, slimdump
+from tests.oracles import readelf_loads
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """Run the CLI in-process (fast enough for hypothesis); any exception
+    other than a clean exit fails the test."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(list(args))
+    return code, err.getvalue()
+
+
+def assert_clean_failure(code: int, stderr: str, path: Path | str) -> None:
+    assert code == 1
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"slimdump: {path}: "), stderr
+    assert "Traceback" not in stderr
+
+
+def check_every_command(path: Path, outdir: Path) -> None:
+    """inspect, capture and capture --full on ``path``: each either works or
+    fails cleanly, and a failure leaves nothing in ``outdir``."""
+    for args in (["inspect", str(path)], ["inspect", "--json", str(path)]):
+        code, err = run_cli(*args)
+        if code:
+            assert_clean_failure(code, err, path)
+    for extra in ([], ["--full"]):
+        out = outdir / f"out{len(extra)}"
+        code, err = run_cli("capture", "--no-progress", *extra, str(path), str(out))
+        if code:
+            assert err.count("\n") == 1 and "Traceback" not in err, err
+            assert str(path) in err or str(out) in err, err
+            assert not out.exists()
+        else:
+            assert out.exists()
+            assert run_cli("inspect", str(out))[0] == 0
+            out.unlink()
+    assert list(outdir.iterdir()) == [], "temporary files left behind"
+
+
+def elf_with(**changes: int) -> bytes:
+    """The synthetic sample core with ELF header fields overwritten."""
+    data = bytearray(sc.sample_x86_64_core(nocoredump=("PANIC_MCE", "x")))
+    offsets = {"e_type": (16, "H"), "e_phoff": (32, "Q"), "e_phentsize": (54, "H"),
+               "e_phnum": (56, "H"), "e_shoff": (40, "Q")}
+    for field, value in changes.items():
+        at, fmt = offsets[field]
+        struct.pack_into("<" + fmt, data, at, value)
+    return bytes(data)
+
+
+CASES = {
+    "empty": (b"", "file is empty"),
+    "text": (b"hello, world\n" * 10, "not a crash dump: unknown format"),
+    "elf-magic-only": (b"\x7fELF", "truncated ELF header (4 bytes)"),
+    "bad-class": (b"\x7fELF\x03\x01\x01" + bytes(57), "unknown ELF class 3"),
+    "short-header": (sc.sample_x86_64_core()[:40], "truncated ELF header"),
+    "executable": (elf_with(e_type=2), "ELF file is not a core dump (executable)"),
+    "no-phdrs": (elf_with(e_phnum=0), "core file has no program headers"),
+    "absurd-phnum": (elf_with(e_phnum=0xFFFE), "program header table (65534 entries"),
+    "pn-xnum": (elf_with(e_phnum=0xFFFF), "PN_XNUM"),
+    "phentsize": (elf_with(e_phentsize=12), "program header size 12 is wrong"),
+    "phoff-past-end": (elf_with(e_phoff=1 << 62), "runs past the end of the file"),
+    "kdump": (b"KDUMP   " + bytes(4088), "kdump-compressed dumps are not supported yet"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_files(tmp_path: Path, case: str) -> None:
+    data, problem = CASES[case]
+    path = tmp_path / case
+    path.write_bytes(data)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    for args in (["inspect", path], ["capture", path, outdir / "x"],
+                 ["capture", "--full", path, outdir / "y"]):
+        res = slimdump(*args)
+        assert_clean_failure(res.returncode, res.stderr, path)
+        assert problem in res.stderr
+    assert list(outdir.iterdir()) == []
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    res = slimdump("inspect", tmp_path / "nope")
+    assert_clean_failure(res.returncode, res.stderr, tmp_path / "nope")
+    assert "No such file or directory" in res.stderr
+    res = slimdump("capture", tmp_path, tmp_path / "x")
+    assert_clean_failure(res.returncode, res.stderr, tmp_path)
+
+
+def test_unwritable_destination(tmp_path: Path) -> None:
+    src = tmp_path / "core"
+    src.write_bytes(sc.sample_x86_64_core(nocoredump=("PANIC_MCE", "x")))
+    dst = tmp_path / "no-such-dir" / "slim"
+    res = slimdump("capture", src, dst)
+    assert_clean_failure(res.returncode, res.stderr, dst)
+
+
+def test_hostile_note_size(tmp_path: Path) -> None:
+    data = bytearray(sc.sample_x86_64_core())
+    struct.pack_into("<I", data, 4096 + 4, 0xFFFFFFF0)   # first note's descsz
+    path = tmp_path / "hostile"
+    path.write_bytes(data)
+    res = slimdump("capture", path, tmp_path / "out")
+    assert_clean_failure(res.returncode, res.stderr, path)
+    assert "past the end of its segment" in res.stderr
+
+
+def test_truncated_inside_data_full_copy(tmp_path: Path) -> None:
+    data = sc.sample_x86_64_core()
+    path = tmp_path / "cut"
+    path.write_bytes(data[:-100])
+    res = slimdump("capture", path, tmp_path / "out")
+    assert_clean_failure(res.returncode, res.stderr, path)
+    assert "truncated" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- property-based: mutate the headers and notes of real vmcores ---------------------
+
+def header_region(name: str, marked_dir: Path) -> bytes:
+    """Headers and notes of a real vmcore marked with a reason (so that the
+    slimdump path runs too), cut before the first PT_LOAD's data."""
+    src = real_vmcore(name)
+    marked = marked_dir / f"{name}.marked"
+    if not marked.exists():
+        res = slimdump("mark", src, marked, "--reason", "PANIC_MCE", "--message", "m")
+        assert res.returncode == 0, res.stderr
+    first = min(ld.offset for ld in readelf_loads(marked))
+    with marked.open("rb") as f:
+        return f.read(first)
+
+
+@pytest.fixture(scope="module", params=["6.1-mce", "6.12-mce"])
+def real_headers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    return header_region(request.param, tmp_path_factory.mktemp("marked"))
+
+
+@st.composite
+def mutations(draw: st.DrawFn, size: int) -> list[tuple[int, bytes]]:
+    """Overwrites concentrated where parsers look: the ELF header, program
+    headers and note headers; also 32- and 64-bit extreme values."""
+    hot = st.one_of(st.integers(0, 63), st.integers(64, 64 + 56 * 5),
+                    st.integers(0x1000, 0x1000 + 64), st.integers(0, size - 1))
+    value = st.one_of(st.binary(min_size=1, max_size=8),
+                      st.sampled_from([b"\xff" * 4, b"\xff" * 8, b"\0" * 4, b"\0" * 8,
+                                       b"\xf0\xff\xff\x7f", b"\x00\x10\x00\x00"]))
+    return draw(st.lists(st.tuples(hot, value), min_size=1, max_size=6))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_real_headers(real_headers: bytes, data: st.DataObject) -> None:
+    blob = bytearray(real_headers)
+    for at, value in data.draw(mutations(len(blob))):
+        blob[at:at + len(value)] = value
+    cut = data.draw(st.one_of(st.none(), st.integers(0, len(blob))))
+    if cut is not None:
+        del blob[cut:]
+    work = Path(tempfile.mkdtemp(prefix="slimdump-fuzz-"))
+    try:
+        path = work / "vmcore"
+        path.write_bytes(bytes(blob))
+        outdir = work / "out"
+        outdir.mkdir()
+        check_every_command(path, outdir)
+    finally:
+        shutil.rmtree(work)
+    assert not os.path.exists(work)
