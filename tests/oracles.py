@@ -55,7 +55,8 @@ def readelf_notes(path: Path) -> list[ReadelfNote]:
     for line in out.splitlines():
         m = re.match(r"^  (\S+)\s+(0x[0-9a-f]+)\s+(.+)$", line)
         if m:
-            notes.append(ReadelfNote(m.group(1), int(m.group(2), 16), m.group(3).strip()))
+            description = m.group(3).split("\t")[0].strip()   # -W appends the data
+            notes.append(ReadelfNote(m.group(1), int(m.group(2), 16), description))
     return notes
 
 

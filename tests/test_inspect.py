@@ -4,12 +4,13 @@ vmcore, and the text leads with the protocol's lines."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tests import synthcore as sc
-from tests.conftest import slimdump
+from tests.conftest import run, slimdump, tool
 from tests.oracles import eu_readelf_notes
 
 # eu-readelf's names for the x86_64 user_regs_struct fields that differ
@@ -87,3 +88,26 @@ def test_empty_message_prints_two_lines(tmp_path: Path) -> None:
     out = slimdump("inspect", src).stdout.splitlines()
     assert out[1] == "Nocoredump Reason: PANIC_MCE"
     assert out[2] == ""
+
+
+def log_panicking_cpu(vmcore: Path, tmp_path: Path) -> int:
+    """The CPU the crashed kernel's own log names, read by makedumpfile."""
+    log = tmp_path / "dmesg.txt"
+    run(tool("makedumpfile"), "--dump-dmesg", vmcore, log)
+    lines = log.read_text(errors="replace").splitlines()
+    panic = max(i for i, line in enumerate(lines) if "Kernel panic - not syncing" in line)
+    for line in lines[panic:]:
+        m = re.search(r"\] CPU: (\d+) (?:UID: \d+ )?PID: ", line)
+        if m:
+            return int(m.group(1))
+    for line in reversed(lines[:panic]):
+        m = re.search(r"\[Hardware Error\]: CPU (\d+): Machine Check Exception", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError("the log names no panicking CPU")
+
+
+def test_panicking_cpu_matches_the_log(any_vmcore: Path, tmp_path: Path) -> None:
+    facts = inspect_json(any_vmcore)
+    assert facts["panicking_cpu"] is not None
+    assert facts["panicking_cpu"]["cpu"] == log_panicking_cpu(any_vmcore, tmp_path)

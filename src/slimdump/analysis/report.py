@@ -26,6 +26,7 @@ from slimdump.notes import (
     type_name,
 )
 from slimdump.sources import DumpSource
+from slimdump.triage.panic_cpu import panicking_cpu
 from slimdump.triage.reasons import headline, reason_line
 
 SCHEMA_VERSION = 1
@@ -57,29 +58,14 @@ def _cpus(source: DumpSource) -> list[dict[str, Any]]:
     return cpus
 
 
-def _panicking_cpu(cpus: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The CPU that most likely panicked, when the registers alone can tell.
-
-    NT_PRSTATUS notes come in CPU order, not crashing-CPU first.  CPUs that
-    were idle when the panicking CPU stopped them show pid 0; if exactly one
-    CPU ran a task, it is the likely one.  (The kernel log names the CPU for
-    sure; that comes with log reading.)
-    """
-    busy = [c for c in cpus if c.get("pid", 0) != 0]
-    if len(cpus) > 1 and len(busy) == 1:
-        return {"cpu": busy[0]["cpu"], "basis": "the only CPU not in the idle task (pid 0)"}
-    if len(cpus) == 1:
-        return {"cpu": cpus[0]["cpu"], "basis": "the only CPU that saved registers"}
-    return None
-
-
 def _note_entry(note: Note) -> dict[str, Any]:
     entry: dict[str, Any] = {"owner": note.name, "type": note.type, "type_name": type_name(note),
                              "size": len(note.desc), "offset": note.offset}
-    known = ((note.name == "CORE" and note.type == NT_PRSTATUS)
-             or (note.name == VMCOREINFO_NAME and note.type == 0)
-             or note.name == SLIMDUMP_NAME)
-    if not known:
+    if find_nocoredump([note]):
+        entry["text"] = NoCoreDump.from_note(note).message
+    elif not ((note.name == "CORE" and note.type == NT_PRSTATUS)
+              or (note.name == VMCOREINFO_NAME and note.type == 0)
+              or note.name == SLIMDUMP_NAME):
         entry["desc_hex"] = note.desc.hex()
     return entry
 
@@ -151,7 +137,7 @@ def collect(source: DumpSource) -> dict[str, Any]:
                    "crashtime": facts["crashtime"] if facts else None,
                    "crash_time_utc": facts["crash_time_utc"] if facts else None},
         "cpus": cpus,
-        "panicking_cpu": _panicking_cpu(cpus),
+        "panicking_cpu": panicking_cpu(cpus, hdr.e_machine),
         "notes": [_note_entry(n) for n in source.notes],
         "memory": memory,
         "vmcoreinfo": {"facts": facts, "entries": info.entries} if info else None,
@@ -228,13 +214,13 @@ def _render_cpus(facts: dict[str, Any], add: Any) -> None:
     sp_name = next((c["sp_name"] for c in cpus if c.get("sp_name")), "sp") or "sp"
     panic = facts["panicking_cpu"]
     add(f"CPUs ({len(cpus)} NT_PRSTATUS notes, in CPU order):")
-    add(f"  {'CPU':>3}  {'PID':>7}  {pc_name.upper():<18}  {sp_name.upper():<18}")
+    add(f"  {'CPU':>3}  {'PID':>7}  {pc_name.upper():<18}  {sp_name.upper()}")
     for c in cpus:
         if "error" in c:
             add(f"  {c['cpu']:>3}  {c['error']}")
             continue
         mark = "  <- likely panicking CPU" if panic and panic["cpu"] == c["cpu"] else ""
-        add(f"  {c['cpu']:>3}  {c['pid']:>7}  {_hex(c['pc']):<18}  {_hex(c['sp']):<18}{mark}")
+        add(f"  {c['cpu']:>3}  {c['pid']:>7}  {_hex(c['pc']):<18}  {_hex(c['sp'])}{mark}")
     if panic:
         add(f"  (panicking CPU guessed: {panic['basis']})")
     add("")
@@ -246,6 +232,8 @@ def _render_notes(facts: dict[str, Any], add: Any) -> None:
     add(f"  {'Owner':<16} {'Data size':>9}  Type")
     for n in notes:
         add(f"  {n['owner']:<16} {n['size']:>9}  {n['type_name']}")
+        if "text" in n:
+            add(f"  {'':<16} {'':>9}  {n['text']!r}")
         if "desc_hex" in n:
             preview = n["desc_hex"][:_RAW_PREVIEW * 2]
             more = " ..." if len(n["desc_hex"]) > len(preview) else ""
