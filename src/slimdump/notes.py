@@ -24,6 +24,8 @@ NT_SLIMDUMP_META = 0x534C0001
 NT_SLIMDUMP_LOG = 0x534C0002
 VMCOREINFO_NAME = "VMCOREINFO"
 SLIMDUMP_NAME = "SLIMDUMP"
+# Owners of the notes Linux and slimdump write themselves; never a reason code.
+RESERVED_OWNERS = frozenset({"CORE", "LINUX", VMCOREINFO_NAME, SLIMDUMP_NAME, "GNU"})
 
 X86_64_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax",
                "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss",
@@ -116,8 +118,7 @@ def find_nocoredump(notes: list[Note]) -> Note | None:
     of the names Linux uses for its own notes.
     """
     for note in notes:
-        if note.type == NT_NOCOREDUMP and note.name not in ("CORE", "LINUX", VMCOREINFO_NAME,
-                                                             SLIMDUMP_NAME, "GNU"):
+        if note.type == NT_NOCOREDUMP and note.name not in RESERVED_OWNERS:
             return note
     return None
 

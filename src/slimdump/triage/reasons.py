@@ -6,6 +6,8 @@ The headlines are the protocol's (shared/reference/nocoredump-note.md); the
 
 from __future__ import annotations
 
+from slimdump.notes import RESERVED_OWNERS
+
 HEADLINES = {
     "PANIC_MCE": "System crashed due to a hardware memory error. No coredump available.",
     "PANIC_GHES": "System crashed due to a fatal hardware error reported by firmware. "
@@ -32,5 +34,4 @@ def valid_reason(reason: str) -> bool:
     """A reason code is an ELF note owner name: printable ASCII, no spaces,
     not one of the names Linux uses for its own notes."""
     return (0 < len(reason) <= 64 and reason.isascii() and reason.isprintable()
-            and " " not in reason
-            and reason not in ("CORE", "LINUX", "VMCOREINFO", "SLIMDUMP", "GNU"))
+            and " " not in reason and reason not in RESERVED_OWNERS)
