@@ -18,6 +18,7 @@ from slimdump.errors import DumpError
 from slimdump.notes import NoCoreDump, find_nocoredump
 from slimdump.sources import ElfCore, open_dump
 from slimdump.triage.reasons import HEADLINES, valid_reason
+from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.marked import write_marked
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -95,6 +96,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dmesg(args: argparse.Namespace) -> int:
+    from slimdump.kernel.log import extract_dmesg
+
+    with open_dump(args.src) as source:
+        text = extract_dmesg(source, args.format)
+        read = source.bytes_read
+    if args.dst:
+        with AtomicOutput(args.dst, overwrite=args.force) as out:
+            out.write(text, 0)
+            out.commit()
+        print(f"slimdump: wrote the kernel log to {args.dst} ({_size(len(text))}); read "
+              f"{_size(read)} of {args.src}", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimdump", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="overwrite DST; add a note even if SRC has one")
     mark.add_argument("--no-progress", action="store_true", help="no progress bar")
     mark.set_defaults(fn=cmd_mark)
+
+    dm = sub.add_parser(
+        "dmesg", help="extract the crashed kernel's log",
+        description="Write the crashed kernel's log buffer as text, reading only the pages "
+                    "of the log buffer (found through VMCOREINFO). Formats: makedumpfile "
+                    "(default; as makedumpfile --dump-dmesg) or vmcore-dmesg (as kexec-tools' "
+                    "vmcore-dmesg).")
+    dm.add_argument("src", metavar="SRC")
+    dm.add_argument("dst", metavar="DST", nargs="?", help="output file (default: stdout)")
+    dm.add_argument("--format", choices=("makedumpfile", "vmcore-dmesg"), default="makedumpfile")
+    dm.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
+    dm.set_defaults(fn=cmd_dmesg)
 
     ins = sub.add_parser(
         "inspect", help="tell why the machine died",

@@ -33,13 +33,6 @@ SCHEMA_VERSION = 1
 _RAW_PREVIEW = 64
 
 
-def find_vmcoreinfo(notes: list[Note]) -> VmcoreInfo | None:
-    for note in notes:
-        if note.name == VMCOREINFO_NAME and note.type == 0:
-            return VmcoreInfo.parse(note.desc)
-    return None
-
-
 def _cpus(source: DumpSource) -> list[dict[str, Any]]:
     hdr = source.header
     cpus = []
@@ -111,7 +104,7 @@ def collect(source: DumpSource) -> dict[str, Any]:
                 meta = {"error": "metadata note is not valid JSON"}
         if log is None and is_slimdump_note(n, NT_SLIMDUMP_LOG):
             log = n.desc.split(b"\0", 1)[0].decode("utf-8", "replace")
-    info = find_vmcoreinfo(source.notes)
+    info = VmcoreInfo.from_notes(source.notes)
     cpus = _cpus(source)
     if source.segments:
         memory = {"source": "program headers",

@@ -16,6 +16,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
+from slimdump.elf import Note
+
 _KEY = re.compile(r"^(SYMBOL|SIZE|OFFSET|LENGTH|NUMBER)\((.+)\)$")
 
 
@@ -46,6 +48,14 @@ class VmcoreInfo:
             if sep and key and key not in entries:
                 entries[key] = value
         return cls(text, entries)
+
+    @classmethod
+    def from_notes(cls, notes: list[Note]) -> VmcoreInfo | None:
+        """The first VMCOREINFO note's content, or None when there is none."""
+        for note in notes:
+            if note.name == "VMCOREINFO" and note.type == 0:
+                return cls.parse(note.desc)
+        return None
 
     def get(self, key: str) -> str | None:
         return self.entries.get(key)

@@ -1,0 +1,100 @@
+"""Virtual memory of the crashed kernel, read through VMCOREINFO alone.
+
+:class:`KernelMemory` turns kernel virtual addresses into physical ones with
+the architecture's rules (:mod:`.x86_64`, :mod:`.arm64`) and reads them from
+the dump source, counting every byte.  No vmlinux, no debug info: the
+translation is decided from VMCOREINFO keys and the dump's own data.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Protocol
+
+from slimdump.elf import EM_AARCH64, EM_X86_64
+from slimdump.errors import DumpError
+from slimdump.kernel.vmcoreinfo import VmcoreInfo
+from slimdump.sources.base import DumpSource
+
+
+class KernelViewError(DumpError):
+    """The crashed kernel cannot be seen as asked: missing VMCOREINFO keys,
+    an address no page table maps, an architecture not supported."""
+
+
+class Translator(Protocol):
+    """Architecture rules: virtual to physical, one address at a time."""
+
+    def vtop(self, vaddr: int) -> int: ...
+
+
+class KernelMemory:
+    """Reads of the crashed kernel's virtual memory."""
+
+    def __init__(self, source: DumpSource, info: VmcoreInfo) -> None:
+        self.source = source
+        self.info = info
+        self.endian = source.header.endian
+        self.page_size = info.page_size or 4096
+        machine = source.header.e_machine
+        if machine == EM_X86_64:
+            from slimdump.kernel.x86_64 import X86_64
+
+            self.arch: Translator = X86_64(self, info, source.segments)
+        elif machine == EM_AARCH64:
+            from slimdump.kernel.arm64 import Arm64
+
+            self.arch = Arm64(self, info)
+        else:
+            raise KernelViewError(source.path, f"reading kernel memory of "
+                                               f"{source.header.machine_name} dumps is not "
+                                               f"supported yet (x86_64 and arm64 are)")
+
+    @property
+    def path(self) -> str:
+        return self.source.path
+
+    def read_phys(self, paddr: int, size: int) -> bytes:
+        return self.source.read_phys(paddr, size)
+
+    def vtop(self, vaddr: int) -> int:
+        return self.arch.vtop(vaddr)
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        """``size`` bytes at kernel virtual address ``vaddr``, page by page
+        (virtually contiguous memory need not be physically contiguous)."""
+        out = bytearray()
+        while size > 0:
+            chunk = min(size, self.page_size - (vaddr % self.page_size))
+            out += self.read_phys(self.vtop(vaddr), chunk)
+            vaddr += chunk
+            size -= chunk
+        return bytes(out)
+
+    def _unpack(self, fmt: str, vaddr: int) -> int:
+        return struct.unpack(self.endian + fmt, self.read(vaddr, struct.calcsize(fmt)))[0]
+
+    def u8(self, vaddr: int) -> int:
+        return self._unpack("B", vaddr)
+
+    def u16(self, vaddr: int) -> int:
+        return self._unpack("H", vaddr)
+
+    def u32(self, vaddr: int) -> int:
+        return self._unpack("I", vaddr)
+
+    def u64(self, vaddr: int) -> int:
+        return self._unpack("Q", vaddr)
+
+    def pointer(self, vaddr: int) -> int:
+        return self.u64(vaddr) if self.source.header.elf64 else self.u32(vaddr)
+
+    @property
+    def pointer_size(self) -> int:
+        return 8 if self.source.header.elf64 else 4
+
+    def require_symbol(self, name: str) -> int:
+        value = self.info.symbol(name)
+        if value is None:
+            raise KernelViewError(self.path, f"VMCOREINFO has no SYMBOL({name})")
+        return value

@@ -1,0 +1,94 @@
+"""x86_64 virtual-to-physical translation from VMCOREINFO.
+
+* Kernel image: ``va - __START_KERNEL_map + phys_base`` for addresses in
+  ``[__START_KERNEL_map, + KERNEL_IMAGE_SIZE)``.  NUMBER(phys_base) is
+  signed (KASLR can make it negative); all arithmetic is modulo 2**64.
+* Everything else (direct map, vmalloc, vmemmap, modules): a walk of the
+  kernel page tables from SYMBOL(init_top_pgt), 4 or 5 levels as
+  NUMBER(pgtable_l5_enabled) says, honouring 1 GiB and 2 MiB pages and
+  clearing NUMBER(sme_mask) (AMD memory encryption) from every entry.
+
+Page-table pages are cached: reading a large buffer costs one walk's worth
+of table pages, not one per page.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from slimdump.errors import NotInDump
+from slimdump.sources.base import Segment
+
+if TYPE_CHECKING:
+    from slimdump.kernel.memory import KernelMemory
+    from slimdump.kernel.vmcoreinfo import VmcoreInfo
+
+START_KERNEL_MAP = 0xFFFFFFFF80000000
+ENTRY_ADDR_MASK = 0x000FFFFFFFFFF000
+PRESENT, PSE = 1 << 0, 1 << 7
+MASK64 = (1 << 64) - 1
+_LEVEL_SHIFTS = {4: (39, 30, 21, 12), 5: (48, 39, 30, 21, 12)}
+
+
+class X86_64:
+    """Translation rules for one x86_64 kernel."""
+
+    def __init__(self, mem: KernelMemory, info: VmcoreInfo, segments: list[Segment]) -> None:
+        from slimdump.kernel.memory import KernelViewError
+
+        self.mem = mem
+        phys_base = info.number("phys_base")
+        if phys_base is None:
+            # makedumpfile's fallback: the kernel-image PT_LOAD tells it
+            image = [s for s in segments if s.virt_start >= START_KERNEL_MAP]
+            if image:
+                phys_base = image[0].phys_start - (image[0].virt_start - START_KERNEL_MAP)
+        if phys_base is None:
+            raise KernelViewError(mem.path, "VMCOREINFO has no NUMBER(phys_base) and no "
+                                            "kernel-image segment tells it")
+        self.phys_base = phys_base
+        self.image_size = info.number("KERNEL_IMAGE_SIZE")
+        top = (info.symbol("init_top_pgt") or info.symbol("init_level4_pgt")
+               or info.symbol("swapper_pg_dir"))
+        if top is None:
+            raise KernelViewError(mem.path, "VMCOREINFO has no SYMBOL(init_top_pgt)")
+        self.top_table = self.image_vtop(top)
+        if self.top_table is None:
+            raise KernelViewError(mem.path, f"init_top_pgt {top:#x} is not in the kernel image")
+        self.levels = 5 if info.number("pgtable_l5_enabled") else 4
+        self.entry_mask = ENTRY_ADDR_MASK & ~(info.number("sme_mask") or 0) & MASK64
+        self._tables: dict[int, bytes] = {}
+
+    def image_vtop(self, vaddr: int) -> int | None:
+        """The kernel-image shortcut, or None outside the image mapping."""
+        if vaddr < START_KERNEL_MAP:
+            return None
+        if self.image_size is not None and vaddr >= START_KERNEL_MAP + self.image_size:
+            return None
+        return (vaddr - START_KERNEL_MAP + self.phys_base) & MASK64
+
+    def _entry(self, table: int, index: int) -> int:
+        page = self._tables.get(table)
+        if page is None:
+            page = self.mem.read_phys(table, 4096)
+            self._tables[table] = page
+        return struct.unpack_from("<Q", page, index * 8)[0]
+
+    def vtop(self, vaddr: int) -> int:
+        direct = self.image_vtop(vaddr)
+        if direct is not None:
+            return direct
+        table = self.top_table
+        shifts = _LEVEL_SHIFTS[self.levels]
+        for depth, shift in enumerate(shifts):
+            entry = self._entry(table, (vaddr >> shift) & 511)
+            if not entry & PRESENT:
+                raise NotInDump(self.mem.path, f"virtual address {vaddr:#x} is not mapped "
+                                               f"(level-{len(shifts) - depth} entry {entry:#x})")
+            leaf_level = len(shifts) - depth          # 1 = PTE, 2 = PMD, 3 = PUD
+            if shift == 12 or (leaf_level in (2, 3) and entry & PSE):
+                size = 1 << shift
+                return (entry & self.entry_mask & ~(size - 1)) | (vaddr & (size - 1))
+            table = entry & self.entry_mask
+        raise AssertionError("unreachable")
