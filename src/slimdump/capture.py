@@ -1,9 +1,16 @@
 """Capture: from a dump source to the file that should be kept.
 
-``capture`` opens the source, decides (today: a slimdump when the kernel
-left an NT_NOCOREDUMP note, the complete dump otherwise or when asked), and
-hands the work to a writer.  With a kernel note nothing of the crashed
-kernel's memory is read: only the ELF headers and the notes.
+The decision, in order:
+
+1. the kernel left an NT_NOCOREDUMP note: its reason counts, and nothing of
+   the crashed kernel's memory is read unless the policy or the user asks
+   for the log;
+2. no note (stock kernels): read the crashed kernel's log buffer (only its
+   pages), classify the panic (:mod:`slimdump.triage.classify`), and write
+   the NT_NOCOREDUMP note ourselves for a hardware reason;
+3. the policy maps the reason to an action (:mod:`slimdump.policy`);
+   ``--full`` overrides it.  If the log cannot be read, capture says so and
+   saves the normal dump: a dump is never lost because detection failed.
 """
 
 from __future__ import annotations
@@ -16,31 +23,42 @@ from typing import Any
 
 from slimdump import __version__
 from slimdump.errors import DumpError
+from slimdump.kernel.log import KernelLogText, read_kernel_log
 from slimdump.notes import (
+    NT_SLIMDUMP_LOG,
     NT_SLIMDUMP_META,
-    SLIMDUMP_NAME,
     NoCoreDump,
     decode_metadata,
     find_nocoredump,
     is_slimdump_note,
+    log_note,
     metadata_note,
 )
+from slimdump.policy import DMESG, FULL, NORMAL, SLIM, Policy
 from slimdump.sources import DumpSource, ElfCore, open_dump
+from slimdump.triage.classify import Classification, classify
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.elfcopy import write_full_copy
 from slimdump.writers.slim import slimdump_bytes
 
-SLIM, FULL = "slim", "full"
+KERNEL_NOTE, KERNEL_LOG = "kernel-note", "kernel-log"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Decision:
     """What capture will write and why."""
 
-    action: str                       # SLIM or FULL
-    reason: NoCoreDump | None         # the reason note, when there is one
-    detected_by: str | None           # "kernel-note" (later also "kernel-log")
-    why: str                          # one line for the user
+    action: str                                   # a policy action
+    reason: NoCoreDump | None                     # the reason note (read or made)
+    detected_by: str | None                       # KERNEL_NOTE, KERNEL_LOG or None
+    why: str                                      # one line for the user
+    classification: Classification | None = None  # when the log was classified
+    log: KernelLogText | None = None              # when the log was read
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def writes_slimdump(self) -> bool:
+        return self.action in (SLIM, DMESG)
 
 
 @dataclass
@@ -53,17 +71,45 @@ class CaptureResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def decide(source: DumpSource, *, full: bool = False) -> Decision:
-    """Choose the output for ``source`` from its notes and the user's wish."""
+def _try_log(source: DumpSource, decision_warnings: list[str]) -> KernelLogText | None:
+    try:
+        return read_kernel_log(source)
+    except DumpError as exc:
+        decision_warnings.append(f"cannot read the kernel log: {exc.problem}")
+        return None
+
+
+def decide(source: DumpSource, policy: Policy | None = None, *, full: bool = False,
+           want_log: bool = False) -> Decision:
+    """Choose the output for ``source``: reason, action, and the log when it
+    was needed (detection, the ``dmesg`` action, or ``want_log``)."""
+    policy = policy or Policy()
     note = find_nocoredump(source.notes)
-    reason = NoCoreDump.from_note(note) if note else None
-    if full:
-        return Decision(FULL, reason, "kernel-note" if reason else None,
-                        "complete dump requested (--full)")
-    if reason:
-        return Decision(SLIM, reason, "kernel-note",
-                        f"the kernel left an NT_NOCOREDUMP note ({reason.reason})")
-    return Decision(FULL, None, None, "no NT_NOCOREDUMP note: complete dump")
+    warnings: list[str] = []
+    if note is not None:
+        reason = NoCoreDump.from_note(note)
+        action = FULL if full else policy.action_for(reason.reason)
+        log = _try_log(source, warnings) if (action == DMESG or want_log) else None
+        why = f"the kernel left an NT_NOCOREDUMP note ({reason.reason})"
+        return Decision(action, reason, KERNEL_NOTE, why, None, log, warnings)
+
+    if full and not want_log:
+        return Decision(FULL, None, None, "complete dump requested (--full)", None, None,
+                        warnings)
+    log = _try_log(source, warnings)
+    if log is None:
+        action = FULL if full else NORMAL
+        return Decision(action, None, None, "no NT_NOCOREDUMP note and no readable kernel "
+                        "log: saving the normal dump", None, None, warnings)
+    verdict = classify(log.records)
+    if verdict.reason is None:
+        panic = verdict.panic_message or "no panic line in the log"
+        action = FULL if full else policy.action_for(None)
+        return Decision(action, None, None, f"software crash ({panic})", verdict, log, warnings)
+    reason = NoCoreDump(verdict.reason, verdict.panic_message or "")
+    action = FULL if full else policy.action_for(reason.reason)
+    why = f"the kernel log shows a hardware crash: {verdict.panic_message}"
+    return Decision(action, reason, KERNEL_LOG, why, verdict, log, warnings)
 
 
 def previous_metadata(source: DumpSource) -> dict[str, Any] | None:
@@ -77,15 +123,15 @@ def previous_metadata(source: DumpSource) -> dict[str, Any] | None:
     return None
 
 
-def slim_metadata(source: DumpSource, decision: Decision,
-                  hardware_errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def slim_metadata(source: DumpSource, decision: Decision) -> dict[str, Any]:
     """The SLIMDUMP metadata object (nocoredump-note.md, "slimdump's own notes")."""
     memory = [seg.as_metadata() for seg in source.segments]
     previous = previous_metadata(source)
     if not memory and previous:
         memory = previous.get("memory", [])
     assert decision.reason is not None
-    return {
+    verdict = decision.classification
+    meta: dict[str, Any] = {
         "format": 1,
         "reason": decision.reason.reason,
         "detected_by": decision.detected_by,
@@ -94,20 +140,25 @@ def slim_metadata(source: DumpSource, decision: Decision,
         "source": {"path": os.path.abspath(source.path), "size": source.size,
                    "format": source.format},
         "memory": memory,
-        "hardware_errors": hardware_errors or [],
+        "hardware_errors": verdict.hardware_errors if verdict else [],
     }
+    if verdict is not None:
+        meta["panic"] = {"message": verdict.panic_message, "cpu": verdict.panic_cpu}
+    return meta
 
 
 def write_slimdump(source: DumpSource, decision: Decision, dst: str, *,
                    overwrite: bool = False) -> int:
     """Write the slimdump for ``decision``; return its size in bytes."""
     assert decision.reason is not None
-    reason_note = decision.reason.to_note()
     kept = [note for note in source.notes
-            if note.name != SLIMDUMP_NAME and find_nocoredump([note]) is None]
+            if find_nocoredump([note]) is None and not is_slimdump_note(note, NT_SLIMDUMP_META)
+            and not (decision.log is not None and is_slimdump_note(note, NT_SLIMDUMP_LOG))]
     # The reason note that counts goes after the source's own notes; any
     # further reason notes the source had are dropped (the first one counts).
-    notes = [*kept, reason_note, metadata_note(slim_metadata(source, decision))]
+    notes = [*kept, decision.reason.to_note(), metadata_note(slim_metadata(source, decision))]
+    if decision.log is not None:
+        notes.append(log_note(decision.log.text))
     data = slimdump_bytes(source.header, notes)
     with AtomicOutput(dst, overwrite=overwrite) as out:
         out.write(data, 0)
@@ -115,20 +166,31 @@ def write_slimdump(source: DumpSource, decision: Decision, dst: str, *,
     return len(data)
 
 
+def dmesg_path(dst: str) -> str:
+    """Where ``--dump-dmesg`` puts the log: beside the dump."""
+    return dst + ".dmesg.txt"
+
+
 def capture(src: str, dst: str, *, full: bool = False, overwrite: bool = False,
-            progress: bool | None = None) -> CaptureResult:
+            progress: bool | None = None, policy: Policy | None = None,
+            dump_dmesg: bool = False) -> CaptureResult:
     """Capture ``src`` into ``dst`` and say what was done."""
     start = time.monotonic()
     with open_dump(src) as source:
-        decision = decide(source, full=full)
+        decision = decide(source, policy, full=full, want_log=dump_dmesg)
         extra: dict[str, Any] = {}
-        if decision.action == SLIM:
+        if dump_dmesg and decision.log is not None:
+            with AtomicOutput(dmesg_path(dst), overwrite=overwrite) as out:
+                out.write(decision.log.data, 0)
+                out.commit()
+            extra["dmesg"] = dmesg_path(dst)
+        if decision.writes_slimdump:
             size = write_slimdump(source, decision, dst, overwrite=overwrite)
         else:
             if not isinstance(source, ElfCore) or not source.segments:
                 raise DumpError(src, "holds no memory to copy (is it a slimdump?)")
             stats = write_full_copy(source, dst, overwrite=overwrite, progress=progress)
             size = stats.size
-            extra = {"copy_method": stats.method, "data_bytes": stats.copied}
+            extra.update(copy_method=stats.method, data_bytes=stats.copied)
         return CaptureResult(decision, dst, size, source.bytes_read,
                              time.monotonic() - start, extra)

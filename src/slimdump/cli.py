@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 from slimdump import __version__
 from slimdump.analysis.report import collect, render
-from slimdump.capture import SLIM, capture
+from slimdump.capture import capture
 from slimdump.errors import DumpError
 from slimdump.notes import NoCoreDump, find_nocoredump
+from slimdump.policy import DEFAULT_POLICY_FILE, DMESG, SLIM, Policy
 from slimdump.sources import ElfCore, open_dump
 from slimdump.triage.reasons import HEADLINES, valid_reason
 from slimdump.writers.atomic import AtomicOutput
@@ -49,18 +50,24 @@ def _size(n: int) -> str:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    policy = Policy.load(args.policy)
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
-                     progress=False if args.no_progress else None)
+                     progress=False if args.no_progress else None, policy=policy,
+                     dump_dmesg=args.dump_dmesg)
     d = result.decision
-    what = "slimdump" if d.action == SLIM else "complete dump"
-    reason = f" [{d.reason.reason}: {d.reason.message}]" if d.reason else ""
-    print(f"slimdump: {d.why}{reason}", file=sys.stderr)
+    for warning in d.warnings:
+        print(f"slimdump: warning: {warning}", file=sys.stderr)
+    reason = f" -> {d.reason.reason}" if d.reason else ""
+    print(f"slimdump: {d.why}{reason}; action {d.action} ({policy.source})", file=sys.stderr)
+    what = {SLIM: "slimdump", DMESG: "slimdump with the kernel log"}.get(d.action,
+                                                                         "complete dump")
+    copied = (f", copied {_size(result.extra['data_bytes'])} with "
+              f"{result.extra['copy_method']}" if "copy_method" in result.extra else "")
     print(f"slimdump: wrote {what} {args.dst} ({_size(result.size)}) in "
-          f"{result.seconds:.2f} s; read {_size(result.source_bytes_read)} of headers "
-          f"and notes from {args.src}" + (
-              f", copied {_size(result.extra['data_bytes'])} with "
-              f"{result.extra['copy_method']}" if "copy_method" in result.extra else ""),
-          file=sys.stderr)
+          f"{result.seconds:.2f} s; read {_size(result.source_bytes_read)} of {args.src}"
+          f"{copied}", file=sys.stderr)
+    if "dmesg" in result.extra:
+        print(f"slimdump: wrote the kernel log to {result.extra['dmesg']}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -87,7 +94,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     with open_dump(args.file) as source:
-        facts = collect(source)
+        facts = collect(source, read_log=not args.no_log)
     if args.json:
         json.dump(facts, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -123,14 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser(
         "capture", help="save a dump: a slimdump when the kernel left NT_NOCOREDUMP",
         description="Read SRC (/proc/vmcore or a saved ELF vmcore) and write DST. With an "
-                    "NT_NOCOREDUMP note, DST is a slimdump (ELF headers + notes, no memory "
-                    "read); otherwise, or with --full, DST is the complete dump, a byte-exact "
-                    "copy. DST is written under a temporary name, fsynced and renamed; mode "
-                    "0600.")
+                    "NT_NOCOREDUMP note the kernel's reason counts and nothing of its memory is "
+                    "read. Without one, capture reads the crashed kernel's log buffer (only its "
+                    "pages) and classifies the panic: a fatal machine check, a fatal firmware "
+                    "(GHES) error or an unrecoverable NMI is a hardware crash. The policy maps "
+                    "the reason to an action: slim (ELF headers + notes), dmesg (slimdump + "
+                    "the log), full or normal (today: the complete dump, a byte-exact copy). "
+                    "Defaults: PANIC_MCE, PANIC_GHES, PANIC_NMI -> slim, anything else -> "
+                    "normal. If the log cannot be read, the normal dump is saved. DST is "
+                    "written under a temporary name, fsynced and renamed; mode 0600.")
     cap.add_argument("src", metavar="SRC", help="the dump to read, e.g. /proc/vmcore")
     cap.add_argument("dst", metavar="DST", help="the file to write")
     cap.add_argument("--full", action="store_true",
                      help="collect the complete vmcore whatever the reason")
+    cap.add_argument("--policy", metavar="FILE",
+                     help=f"TOML file mapping reason codes to actions (slim, dmesg, full, "
+                          f"normal); default {DEFAULT_POLICY_FILE} when it exists")
+    cap.add_argument("--dump-dmesg", action="store_true",
+                     help="also write the crashed kernel's log to DST.dmesg.txt (as kdump-tools "
+                          "does); reads the log buffer even when the kernel left a note")
     cap.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     cap.add_argument("--no-progress", action="store_true",
                      help="no progress bar (shown only on a terminal anyway)")
@@ -167,11 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser(
         "inspect", help="tell why the machine died",
         description="Print what FILE says about the crash: the NT_NOCOREDUMP headline and "
-                    "reason, kernel release, crash time, per-CPU registers, notes and "
-                    "VMCOREINFO. Reads headers and notes only.")
+                    "reason, kernel release, crash time, the panic line and its cause, every "
+                    "machine-check record decoded, per-CPU registers, notes, VMCOREINFO and the "
+                    "last lines of the log. The log comes from a slimdump's log note, or from "
+                    "the dump's memory (only the log buffer's pages; --no-log to skip).")
     ins.add_argument("file", metavar="FILE")
     ins.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
     ins.add_argument("--vmcoreinfo", action="store_true", help="also list every VMCOREINFO entry")
+    ins.add_argument("--no-log", action="store_true",
+                     help="do not read the log buffer from the dump's memory (a slimdump's "
+                          "log note is still shown)")
     ins.set_defaults(fn=cmd_inspect)
     return parser
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from slimdump.elf import Note
+from slimdump.errors import DumpError
+from slimdump.kernel.log import read_kernel_log, records_from_text
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.notes import (
     NT_PRSTATUS,
@@ -26,6 +28,7 @@ from slimdump.notes import (
     type_name,
 )
 from slimdump.sources import DumpSource
+from slimdump.triage.classify import classify
 from slimdump.triage.panic_cpu import panicking_cpu
 from slimdump.triage.reasons import headline, reason_line
 
@@ -90,8 +93,32 @@ def dump_kind(source: DumpSource, reason: NoCoreDump | None, meta: dict[str, Any
     return "vmcore"
 
 
-def collect(source: DumpSource) -> dict[str, Any]:
-    """Every fact ``inspect`` shows, as one JSON-ready object."""
+def _log_records(source: DumpSource, note_text: str | None,
+                 read_memory: bool) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+    """The log from a slimdump's log note, else from the dump's memory."""
+    if note_text is not None:
+        return {"source": "slimdump log note", "text": note_text}, records_from_text(note_text)
+    if not read_memory or not source.segments:
+        return {"source": None, "text": None}, []
+    try:
+        log = read_kernel_log(source)
+    except DumpError as exc:
+        return {"source": None, "text": None, "error": exc.problem}, []
+    return {"source": "memory", "text": log.text}, log.records
+
+
+def _triage(records: list[tuple[int, str]], meta: dict[str, Any] | None) -> dict[str, Any]:
+    if records:
+        verdict = classify(records)
+        return {"source": "kernel log", **verdict.to_metadata()}
+    errors = (meta or {}).get("hardware_errors")
+    return {"source": "slimdump metadata" if meta else None,
+            "hardware_errors": errors if isinstance(errors, list) else []}
+
+
+def collect(source: DumpSource, *, read_log: bool = True, tail: int = 50) -> dict[str, Any]:
+    """Every fact ``inspect`` shows, as one JSON-ready object.  The log is
+    read from memory only when the dump has no log note and ``read_log``."""
     hdr = source.header
     note = find_nocoredump(source.notes)
     reason = NoCoreDump.from_note(note) if note else None
@@ -106,6 +133,14 @@ def collect(source: DumpSource) -> dict[str, Any]:
             log = n.desc.split(b"\0", 1)[0].decode("utf-8", "replace")
     info = VmcoreInfo.from_notes(source.notes)
     cpus = _cpus(source)
+    log_facts, records = _log_records(source, log, read_log)
+    text = log_facts.pop("text")
+    lines = text.rstrip("\n").splitlines() if text else []
+    log_facts.update(lines=len(lines), tail=lines[-tail:])
+    triage = _triage(records, meta)
+    panic = panicking_cpu(cpus, hdr.e_machine)
+    if triage.get("panic_cpu") is not None:
+        panic = {"cpu": triage["panic_cpu"], "basis": "the kernel log"}
     if source.segments:
         memory = {"source": "program headers",
                   "segments": [{"phys_start": s.phys_start, "virt_start": s.virt_start,
@@ -130,12 +165,13 @@ def collect(source: DumpSource) -> dict[str, Any]:
                    "crashtime": facts["crashtime"] if facts else None,
                    "crash_time_utc": facts["crash_time_utc"] if facts else None},
         "cpus": cpus,
-        "panicking_cpu": panicking_cpu(cpus, hdr.e_machine),
+        "panicking_cpu": panic,
+        "triage": triage,
         "notes": [_note_entry(n) for n in source.notes],
         "memory": memory,
         "vmcoreinfo": {"facts": facts, "entries": info.entries} if info else None,
         "slimdump": meta,
-        "log": log,
+        "log": log_facts,
     }
 
 
@@ -162,6 +198,11 @@ def render(facts: dict[str, Any], *, all_vmcoreinfo: bool = False) -> str:
         if reason["message"]:
             add(reason["message"])
         add("")
+    triage = facts["triage"]
+    if not reason and triage.get("reason"):
+        add(f"Hardware crash found in the kernel log: {triage['reason']} "
+            f"({headline(triage['reason']).split('. No coredump')[0]}.)")
+        add("")
     f = facts["file"]
     add(f"File:         {f['path']}")
     add(f"Dump:         {f['kind']}, {f['class']} {f['machine']} {f['byte_order']}, "
@@ -186,15 +227,62 @@ def render(facts: dict[str, Any], *, all_vmcoreinfo: bool = False) -> str:
             f"{tool.get('version')} from {src.get('path')} ({src.get('format')}"
             f"{', ' + _size(size) if isinstance(size, int) else ''}); reason from "
             f"{meta.get('detected_by')}")
+    if triage.get("panic_message") is not None:
+        cpu = triage.get("panic_cpu")
+        add(f"Panic:        Kernel panic - not syncing: {triage['panic_message']}"
+            + (f" (CPU {cpu})" if cpu is not None else ""))
+    if triage.get("category"):
+        add(f"Cause:        {triage['category']}"
+            + (f" ({triage['reason']}, from the kernel log)" if triage.get("reason") else ""))
     add("")
+    _render_hardware_errors(triage.get("hardware_errors") or [], add)
     _render_cpus(facts, add)
     _render_notes(facts, add)
     _render_vmcoreinfo(facts, add, all_vmcoreinfo)
-    if facts["log"]:
-        lines = facts["log"].rstrip("\n").splitlines()
-        add(f"Kernel log (last {min(len(lines), 20)} of {len(lines)} lines):")
-        out.extend("  " + line for line in lines[-20:])
+    log = facts["log"]
+    if log.get("error"):
+        add(f"Kernel log: not readable ({log['error']})")
+    elif log["tail"]:
+        shown = log["tail"][-20:]
+        add(f"Kernel log (last {len(shown)} of {log['lines']} lines, from {log['source']}):")
+        out.extend("  " + line for line in shown)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _hex_or_dash(value: Any) -> str:
+    return str(value) if value not in (None, "") else "-"
+
+
+def _render_hardware_errors(errors: list[Any], add: Any) -> None:
+    """Machine checks decoded by name, GHES records and NMI reasons."""
+    if not errors:
+        return
+    add(f"Hardware errors ({len(errors)}):")
+    for err in errors:
+        if not isinstance(err, dict):
+            continue
+        if "bank" in err:
+            flags = " ".join(err.get("flags") or [])
+            add(f"  Machine check on CPU {err.get('cpu')}, bank {err.get('bank')}: "
+                f"MCi_STATUS {err.get('status')} [{flags}]")
+            code = err.get("error_code")
+            if isinstance(code, dict):
+                fields = ", ".join(f"{k} {v}" for k, v in code.items()
+                                   if k not in ("class", "code"))
+                memory = "; a memory error" if err.get("memory_error") else ""
+                add(f"    MCA error code {code.get('code', '')}: {code.get('class')}"
+                    + (f" ({fields})" if fields else "") + memory)
+            add(f"    ADDR {_hex_or_dash(err.get('addr'))} (physical page "
+                f"{_hex_or_dash(err.get('page'))})  MISC {_hex_or_dash(err.get('misc'))}")
+            add(f"    TSC {_hex_or_dash(err.get('tsc'))}  PROCESSOR "
+                f"{_hex_or_dash(err.get('processor'))}  SOCKET {_hex_or_dash(err.get('socket'))}"
+                f"  APIC {_hex_or_dash(err.get('apic'))}  TIME {_hex_or_dash(err.get('time'))}")
+            for line in err.get("extra") or []:
+                add(f"    {line}")
+        else:
+            for line in err.get("text") or [str(err)]:
+                add(f"  {line}")
+    add("")
 
 
 def _render_cpus(facts: dict[str, Any], add: Any) -> None:
@@ -208,14 +296,17 @@ def _render_cpus(facts: dict[str, Any], add: Any) -> None:
     panic = facts["panicking_cpu"]
     add(f"CPUs ({len(cpus)} NT_PRSTATUS notes, in CPU order):")
     add(f"  {'CPU':>3}  {'PID':>7}  {pc_name.upper():<18}  {sp_name.upper()}")
+    sure = bool(panic and panic["basis"] == "the kernel log")
     for c in cpus:
         if "error" in c:
             add(f"  {c['cpu']:>3}  {c['error']}")
             continue
-        mark = "  <- likely panicking CPU" if panic and panic["cpu"] == c["cpu"] else ""
+        sure = panic and panic["basis"] == "the kernel log"
+        mark = ("  <- " + ("panicking CPU" if sure else "likely panicking CPU")
+                if panic and panic["cpu"] == c["cpu"] else "")
         add(f"  {c['cpu']:>3}  {c['pid']:>7}  {_hex(c['pc']):<18}  {_hex(c['sp'])}{mark}")
     if panic:
-        add(f"  (panicking CPU guessed: {panic['basis']})")
+        add(f"  (panicking CPU {'named by' if sure else 'guessed from'}: {panic['basis']})")
     add("")
 
 

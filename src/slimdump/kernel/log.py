@@ -1,21 +1,70 @@
-"""The crashed kernel's log as text, from any dump source (placeholder until
-kernel/printk.py lands)."""
+"""The crashed kernel's log, read from any dump source through VMCOREINFO."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory
-from slimdump.kernel.printk import read_log, render_makedumpfile, render_vmcore_dmesg
+from slimdump.kernel.printk import KernelLog, read_log, render_makedumpfile, render_vmcore_dmesg
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.sources.base import DumpSource
 
 
-def extract_dmesg(source: DumpSource, fmt: str = "makedumpfile") -> bytes:
-    """The log rendered as ``makedumpfile --dump-dmesg`` or ``vmcore-dmesg``."""
+@dataclass(frozen=True)
+class KernelLogText:
+    """The log as records (for classification) and as makedumpfile's text."""
+
+    log: KernelLog
+    data: bytes                         # makedumpfile --dump-dmesg bytes
+
+    @property
+    def records(self) -> list[tuple[int, str]]:
+        return self.log.lines()
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+def _read(source: DumpSource) -> KernelLog:
     info = VmcoreInfo.from_notes(source.notes)
     if info is None:
         raise DumpError(source.path, "no VMCOREINFO note: cannot find the log buffer")
-    log = read_log(KernelMemory(source, info))
+    return read_log(KernelMemory(source, info))
+
+
+def read_kernel_log(source: DumpSource) -> KernelLogText:
+    """Read and render the log; DumpError (one line) when it cannot be read."""
+    log = _read(source)
+    return KernelLogText(log, render_makedumpfile(log, machine=source.header.e_machine))
+
+
+def extract_dmesg(source: DumpSource, fmt: str = "makedumpfile") -> bytes:
+    """The log rendered as ``makedumpfile --dump-dmesg`` or ``vmcore-dmesg``."""
+    log = _read(source)
     if fmt == "vmcore-dmesg":
         return render_vmcore_dmesg(log)
     return render_makedumpfile(log, machine=source.header.e_machine)
+
+
+_PREFIX = re.compile(r"^\[\s*(\d+)\.(\d{6})\] ")
+
+
+def records_from_text(text: str) -> list[tuple[int, str]]:
+    """Records back from makedumpfile-style text (a slimdump's log note):
+    ``[%5d.%06d] text`` lines, continuation lines indented to the prefix
+    width folded back into their record with '\\n'."""
+    records: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        m = _PREFIX.match(line)
+        if m:
+            ts = int(m.group(1)) * 1_000_000_000 + int(m.group(2)) * 1000
+            records.append((ts, line[m.end():]))
+        elif records and line.startswith(" "):
+            ts, body = records[-1]
+            records[-1] = (ts, body + "\n" + line.lstrip(" "))
+        elif line:
+            records.append((0, line))
+    return records
