@@ -12,8 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from slimdump import __version__
-from slimdump.analysis.report import collect, render
-from slimdump.capture import capture
 from slimdump.errors import DumpError
 from slimdump.notes import NoCoreDump, find_nocoredump
 from slimdump.policy import DEFAULT_POLICY_FILE, DMESG, SLIM, Policy
@@ -49,7 +47,12 @@ def _size(n: int) -> str:
     return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
+# Each command imports what it needs when it runs: a capture kernel should
+# not pay for the analyzer's imports, nor dmesg for capture's.
+
 def cmd_capture(args: argparse.Namespace) -> int:
+    from slimdump.capture import capture
+
     policy = Policy.load(args.policy)
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
                      progress=False if args.no_progress else None, policy=policy,
@@ -93,6 +96,8 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from slimdump.analysis.report import collect, render
+
     with open_dump(args.file) as source:
         facts = collect(source, read_log=not args.no_log)
     if args.json:
