@@ -4,25 +4,29 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile crash \
-                elfutils binutils zstd
+                elfutils binutils zstd \
+                liblzo2-dev gcc
 
-.PHONY: setup demo test lint fixtures bench clean
+.PHONY: apt setup demo test lint fixtures bench clean
 
 STAMP  := $(VENV)/.installed
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
-
-setup: $(STAMP)
+# Debian packages first: python-lzo builds against liblzo2-dev.
+apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends $$missing >/dev/null; \
 	fi
+
+$(STAMP): pyproject.toml | apt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: apt $(STAMP)
 
 # The main job: crash Debian's 6.1 kernel with a fatal machine check in QEMU,
 # capture /proc/vmcore with a real kdump kernel, then do what a kernel with the
