@@ -83,7 +83,8 @@ CASES = {
     "pn-xnum": (elf_with(e_phnum=0xFFFF), "PN_XNUM"),
     "phentsize": (elf_with(e_phentsize=12), "program header size 12 is wrong"),
     "phoff-past-end": (elf_with(e_phoff=1 << 62), "runs past the end of the file"),
-    "kdump": (b"KDUMP   " + bytes(4088), "kdump-compressed dumps are not supported yet"),
+    "kdump": (b"KDUMP   " + bytes(4088), "has no sane block size"),
+    "flat": (b"makedumpfile\0\0\0\0" + bytes(100), "flattened"),
 }
 
 

@@ -27,14 +27,11 @@ def drgn_reads_like_file(vmcore: Path) -> None:
                 assert prog.read(load.paddr + at, 64, True) == data.read(64)
 
 
-@pytest.mark.parametrize(("name", "flag"), [
-    ("6.1-sysrq", "--full"), ("6.12-mce", "--full"),   # whatever the reason
-    ("6.1-sysrq", None), ("6.12-sysrq", None),         # software crashes: the normal dump
-])
-def test_full_copy_is_identical(name: str, flag: str | None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["6.1-sysrq", "6.12-mce"])   # whatever the reason
+def test_full_copy_is_identical(name: str, tmp_path: Path) -> None:
     src = real_vmcore(name)
     dst = tmp_path / "vmcore"
-    res = slimdump("capture", *([flag] if flag else []), src, dst)
+    res = slimdump("capture", "--full", src, dst)
     assert res.returncode == 0, res.stderr
     assert filecmp.cmp(src, dst, shallow=False)
     assert dst.stat().st_mode & 0o777 == 0o600

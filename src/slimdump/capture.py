@@ -18,11 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from slimdump import __version__
 from slimdump.errors import DumpError
+from slimdump.filtered import FLAT, DumpOptions, select_pages, write_dump
 from slimdump.kernel.log import KernelLogText, read_kernel_log
 from slimdump.notes import (
     NT_SLIMDUMP_LOG,
@@ -166,31 +167,89 @@ def write_slimdump(source: DumpSource, decision: Decision, dst: str, *,
     return len(data)
 
 
+def machine_check_pfns(decision: Decision, page_size: int = 4096) -> list[int]:
+    """Page frames of the fatal machine checks' ADDR, found by detection."""
+    verdict = decision.classification
+    pfns = []
+    for err in verdict.hardware_errors if verdict else []:
+        page = err.get("page") if isinstance(err, dict) else None
+        if isinstance(page, str):
+            try:
+                pfns.append(int(page, 16) // page_size)
+            except ValueError:
+                continue
+    return sorted(set(pfns))
+
+
+def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None,
+                         options: DumpOptions, *, overwrite: bool,
+                         progress: bool | None) -> tuple[int, dict[str, Any]]:
+    """The dump for the ``normal`` and ``full`` actions.
+
+    ``full``: the complete vmcore, a byte-exact copy of an ELF source; for a
+    hardware crash whose machine check named a page, every page but that
+    one, at dump level 0, in the chosen format, the page recorded in a
+    SLIMDUMP metadata note.  ``normal``: the pages of ``options.dump_level``
+    in the chosen format.
+    """
+    poisoned = machine_check_pfns(decision) if decision.reason else []
+    if decision.action == FULL and not poisoned and options.format != FLAT:
+        if not isinstance(source, ElfCore) or not source.segments:
+            raise DumpError(source.path, "holds no memory to copy (is it a slimdump?)")
+        stats = write_full_copy(source, _dst(dst), overwrite=overwrite, progress=progress)
+        return stats.size, {"copy_method": stats.method, "data_bytes": stats.copied}
+    if not source.segments:
+        raise DumpError(source.path, "holds no memory to dump (is it a slimdump?)")
+    level = 0 if decision.action == FULL else options.dump_level
+    chosen = replace(options, dump_level=level)
+    selection = select_pages(source, level, poisoned)
+    extra_notes = []
+    if poisoned and decision.reason is not None:
+        meta = slim_metadata(source, decision)
+        meta["excluded_pages"] = [{"pfn": pfn, "why": "machine check ADDR"} for pfn in poisoned]
+        extra_notes.append(metadata_note(meta))
+    result = write_dump(source, dst, chosen, selection, extra_notes=extra_notes,
+                        overwrite=overwrite, progress=progress)
+    decision.warnings.extend(selection.warnings)
+    details = {"pages": result.pages, "dump_level": level, "format": chosen.format,
+               "codec": chosen.codec, "excluded": selection.counts, **result.details}
+    if poisoned:
+        details["excluded_pages"] = poisoned
+    return result.size, details
+
+
+def _dst(dst: str | None) -> str:
+    if dst in (None, "-"):
+        raise DumpError(None, "only a flattened dump (-F) can go to standard output")
+    return dst
+
+
 def dmesg_path(dst: str) -> str:
     """Where ``--dump-dmesg`` puts the log: beside the dump."""
     return dst + ".dmesg.txt"
 
 
-def capture(src: str, dst: str, *, full: bool = False, overwrite: bool = False,
+def capture(src: str, dst: str | None, *, full: bool = False, overwrite: bool = False,
             progress: bool | None = None, policy: Policy | None = None,
-            dump_dmesg: bool = False) -> CaptureResult:
-    """Capture ``src`` into ``dst`` and say what was done."""
+            dump_dmesg: bool = False, options: DumpOptions | None = None) -> CaptureResult:
+    """Capture ``src`` into ``dst`` and say what was done.  ``dst`` None or
+    "-" means standard output (flattened format only)."""
+    options = options or DumpOptions()
     start = time.monotonic()
     with open_dump(src) as source:
         decision = decide(source, policy, full=full, want_log=dump_dmesg)
         extra: dict[str, Any] = {}
         if dump_dmesg and decision.log is not None:
-            with AtomicOutput(dmesg_path(dst), overwrite=overwrite) as out:
+            path = dmesg_path(_dst(dst))
+            with AtomicOutput(path, overwrite=overwrite) as out:
                 out.write(decision.log.data, 0)
                 out.commit()
-            extra["dmesg"] = dmesg_path(dst)
+            extra["dmesg"] = path
         if decision.writes_slimdump:
-            size = write_slimdump(source, decision, dst, overwrite=overwrite)
+            size = write_slimdump(source, decision, _dst(dst), overwrite=overwrite)
         else:
-            if not isinstance(source, ElfCore) or not source.segments:
-                raise DumpError(src, "holds no memory to copy (is it a slimdump?)")
-            stats = write_full_copy(source, dst, overwrite=overwrite, progress=progress)
-            size = stats.size
-            extra.update(copy_method=stats.method, data_bytes=stats.copied)
+            size, details = write_normal_or_full(source, decision, dst, options,
+                                                 overwrite=overwrite, progress=progress)
+            extra.update(details)
         return CaptureResult(decision, dst, size, source.bytes_read,
                              time.monotonic() - start, extra)

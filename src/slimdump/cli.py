@@ -54,19 +54,36 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from slimdump.capture import capture
 
     policy = Policy.load(args.policy)
+    from slimdump.filtered import DumpOptions
+
+    if args.dst in (None, "-") and args.format != "flat":
+        raise DumpError(None, "DST is required (only -F writes to standard output)")
+    options = DumpOptions(args.format, args.codec, args.dump_level)
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
                      progress=False if args.no_progress else None, policy=policy,
-                     dump_dmesg=args.dump_dmesg)
+                     dump_dmesg=args.dump_dmesg, options=options)
     d = result.decision
     for warning in d.warnings:
         print(f"slimdump: warning: {warning}", file=sys.stderr)
     reason = f" -> {d.reason.reason}" if d.reason else ""
     print(f"slimdump: {d.why}{reason}; action {d.action} ({policy.source})", file=sys.stderr)
-    what = {SLIM: "slimdump", DMESG: "slimdump with the kernel log"}.get(d.action,
-                                                                         "complete dump")
-    copied = (f", copied {_size(result.extra['data_bytes'])} with "
-              f"{result.extra['copy_method']}" if "copy_method" in result.extra else "")
-    print(f"slimdump: wrote {what} {args.dst} ({_size(result.size)}) in "
+    extra = result.extra
+    if d.action in (SLIM, DMESG):
+        what = "slimdump" + (" with the kernel log" if d.log is not None else "")
+    elif "copy_method" in extra:
+        what = "complete dump (byte-exact copy)"
+    else:
+        kind = {"kdump": "kdump-compressed", "flat": "flattened", "elf": "ELF"}[extra["format"]]
+        codec = f"{extra['codec']}, " if extra["format"] != "elf" else ""
+        excluded = ", ".join(f"{k} {v}" for k, v in extra.get("excluded", {}).items() if v)
+        what = (f"{kind} dump ({codec}-d {extra['dump_level']}, {extra['pages']} pages"
+                + (f"; excluded {excluded}" if excluded else "") + ")")
+        if extra.get("excluded_pages"):
+            pages = ", ".join(hex(p * 4096) for p in extra["excluded_pages"])
+            what += f" without the machine-check page(s) {pages}"
+    copied = (f", copied {_size(extra['data_bytes'])} with {extra['copy_method']}"
+              if "copy_method" in extra else "")
+    print(f"slimdump: wrote {what} to {args.dst or 'standard output'} ({_size(result.size)}) in "
           f"{result.seconds:.2f} s; read {_size(result.source_bytes_read)} of {args.src}"
           f"{copied}", file=sys.stderr)
     if "dmesg" in result.extra:
@@ -126,6 +143,31 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dump_level(text: str) -> int:
+    try:
+        level = int(text.split(",")[0])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dump level {text!r} is not a number") from None
+    if not 0 <= level <= 31:
+        raise argparse.ArgumentTypeError(f"dump level {level} is not in 0-31")
+    return level
+
+
+def cmd_reassemble(args: argparse.Namespace) -> int:
+    from slimdump.writers.flat import reassemble
+
+    source = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
+    try:
+        with AtomicOutput(args.dst, overwrite=args.force) as out:
+            size = reassemble(source, out, name=args.input or "<stdin>")
+            out.commit()
+    finally:
+        if args.input:
+            source.close()
+    print(f"slimdump: wrote {args.dst} ({_size(size)})", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimdump", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,7 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "normal. If the log cannot be read, the normal dump is saved. DST is "
                     "written under a temporary name, fsynced and renamed; mode 0600.")
     cap.add_argument("src", metavar="SRC", help="the dump to read, e.g. /proc/vmcore")
-    cap.add_argument("dst", metavar="DST", help="the file to write")
+    cap.add_argument("dst", metavar="DST", nargs="?",
+                     help="the file to write (with -F: standard output when omitted or -)")
+    fmt = cap.add_argument_group(
+        "format of the normal dump (makedumpfile's letters; the last codec given wins)")
+    for letter, codec, text in (("-c", "zlib", "zlib"), ("-l", "lzo", "LZO1X-1"),
+                                ("-p", "snappy", "snappy"), ("-z", "zstd", "zstd")):
+        fmt.add_argument(letter, dest="codec", action="store_const", const=codec,
+                         help=f"kdump-compressed, pages compressed with {text}")
+    fmt.add_argument("-E", dest="format", action="store_const", const="elf",
+                     help="ELF with the excluded pages cut out (makedumpfile -E)")
+    fmt.add_argument("-F", dest="format", action="store_const", const="flat",
+                     help="flattened stream (for pipes and ssh; undo with 'slimdump "
+                          "reassemble')")
+    fmt.add_argument("-d", dest="dump_level", type=_dump_level, default=31, metavar="LEVEL",
+                     help="dump level 0-31, a sum of: 1 zero pages, 2 non-private cache, "
+                          "4 private cache, 8 user pages, 16 free pages (default 31)")
+    cap.set_defaults(codec="none", format="kdump")
     cap.add_argument("--full", action="store_true",
                      help="collect the complete vmcore whatever the reason")
     cap.add_argument("--policy", metavar="FILE",
@@ -186,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--format", choices=("makedumpfile", "vmcore-dmesg"), default="makedumpfile")
     dm.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     dm.set_defaults(fn=cmd_dmesg)
+
+    rea = sub.add_parser(
+        "reassemble", help="turn a flattened stream (-F) back into a dump file (makedumpfile -R)",
+        description="Read a flattened stream (from -F, e.g. saved over ssh) on standard input "
+                    "or from --input, and write the kdump-compressed file it describes.")
+    rea.add_argument("dst", metavar="DST")
+    rea.add_argument("--input", metavar="FILE", help="read the stream from FILE, not stdin")
+    rea.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
+    rea.set_defaults(fn=cmd_reassemble)
 
     ins = sub.add_parser(
         "inspect", help="tell why the machine died",

@@ -88,6 +88,15 @@ def _metadata_ranges(meta: dict[str, Any] | None) -> list[dict[str, int]]:
 def dump_kind(source: DumpSource, reason: NoCoreDump | None, meta: dict[str, Any] | None) -> str:
     if not source.segments and (reason or meta):
         return "slimdump"
+    if source.format != "elf":
+        level = getattr(source, "dump_level", None)
+        codec = getattr(source, "compression", None)
+        details = ", ".join(x for x in (codec and str(codec),
+                                        f"dump level {level}" if level is not None else None)
+                            if x)
+        kind = {"kdump": "kdump-compressed dump", "flattened": "flattened kdump stream"}.get(
+            source.format, source.format)
+        return f"{kind} ({details})" if details else kind
     if reason:
         return "vmcore with NT_NOCOREDUMP note"
     return "vmcore"
@@ -142,7 +151,7 @@ def collect(source: DumpSource, *, read_log: bool = True, tail: int = 50) -> dic
     if triage.get("panic_cpu") is not None:
         panic = {"cpu": triage["panic_cpu"], "basis": "the kernel log"}
     if source.segments:
-        memory = {"source": "program headers",
+        memory = {"source": "program headers" if source.format == "elf" else "the page bitmap",
                   "segments": [{"phys_start": s.phys_start, "virt_start": s.virt_start,
                                 "size": s.mem_size, "file_offset": s.file_offset,
                                 "file_size": s.file_size} for s in source.segments]}

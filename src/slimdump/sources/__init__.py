@@ -1,4 +1,5 @@
-"""Dump files behind one interface: notes, memory map, physical reads.
+"""Dump files behind one interface: notes, memory map, physical reads:
+ELF cores (/proc/vmcore), kdump-compressed files and flattened streams.
 
 :func:`open_dump` tells the format by its first bytes and returns a
 :class:`~slimdump.sources.base.DumpSource`.  Sources know file formats, not
@@ -12,9 +13,11 @@ import os
 from slimdump.errors import DumpError
 from slimdump.sources.base import DumpSource, Segment
 from slimdump.sources.elfcore import ElfCore
+from slimdump.sources.flat import open_flattened
+from slimdump.sources.kdump import KdumpFile
 from slimdump.sources.rawfile import RawFile
 
-__all__ = ["DumpSource", "ElfCore", "Segment", "open_dump"]
+__all__ = ["DumpSource", "ElfCore", "KdumpFile", "Segment", "open_dump"]
 
 _KDUMP_SIGNATURES = (b"KDUMP   ", b"DISKDUMP")
 _FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
@@ -28,11 +31,9 @@ def open_dump(path: str | os.PathLike[str]) -> DumpSource:
         if magic[:4] == b"\x7fELF":
             return ElfCore(raw)
         if magic[:8] in _KDUMP_SIGNATURES:
-            raise DumpError(path, "kdump-compressed dumps are not supported yet "
-                                  "(ELF cores and /proc/vmcore are)")
+            return KdumpFile(raw)
         if magic.startswith(_FLAT_SIGNATURE):
-            raise DumpError(path, "makedumpfile flattened streams are not supported yet "
-                                  "(ELF cores and /proc/vmcore are)")
+            return open_flattened(raw)
         if not magic:
             raise DumpError(path, "file is empty")
         raise DumpError(path, f"not a crash dump: unknown format (first bytes {magic[:8].hex()})")

@@ -1,0 +1,597 @@
+"""kdump-compressed dump files ("KDUMP   ", makedumpfile's default output).
+
+Layout (reference section 2): the disk_dump_header in block 0, the
+kdump_sub_header at block 1 followed by a copy of the vmcore's merged note
+area, the 1st bitmap (pages that exist) and the 2nd bitmap (pages dumped),
+block aligned, then one 24-byte page descriptor per dumped page, then the
+page data, each page compressed on its own (or not).
+
+Every field is in the crashed machine's byte order and C layout, which the
+file does not state: the byte order is the one in which header_version reads
+as a small number, the word size follows from ``utsname.machine`` (64-bit
+machines, i386's 4-byte packing, or the 8-byte alignment of ARM and other
+32-bit ABIs), and for unknown machines from which layout gives a sane block
+size.  The binary layouts live here; :mod:`slimdump.writers.kdump` writes
+them.
+
+Opening reads the headers, the notes and both bitmaps; pages are read only
+by :meth:`KdumpFile.read_phys`, which finds a page's descriptor by counting
+set bits of the 2nd bitmap below its pfn (a prefix count every 4096 pfns, as
+crash does).  Every size and offset is checked against the file first, so a
+hostile or truncated file gives a one-line :class:`DumpError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from slimdump.elf import (
+    EM_386,
+    ET_CORE,
+    EV_CURRENT,
+    ElfFormatError,
+    ElfHeader,
+    Note,
+    align4,
+    parse_notes,
+)
+from slimdump.errors import DumpError, NotInDump
+from slimdump.sources.base import DumpSource, Segment
+from slimdump.writers.codecs import (
+    CODECS,
+    DUMP_DH_COMPRESSED_INCOMPLETE,
+    decompress,
+)
+
+KDUMP_SIGNATURE = b"KDUMP   "
+DISKDUMP_SIGNATURE = b"DISKDUMP"
+HEADER_VERSION = 6
+UTSNAME_FIELD = 65
+UTSNAME_SIZE = 6 * UTSNAME_FIELD
+PAGE_DESC_SIZE = 24
+PAGE_DESC_DTYPE = {e: np.dtype([("offset", e + "i8"), ("size", e + "u4"),
+                                ("flags", e + "u4"), ("page_flags", e + "u8")])
+                   for e in "<>"}
+# More than this in a note area or eraseinfo is not something makedumpfile writes.
+MAX_METADATA = 256 << 20
+PREFIX_BLOCK = 4096          # pfns per prefix-count entry
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+# utsname.machine -> (e_machine, 64-bit).  Byte order comes from the file.
+MACHINES: dict[str, tuple[int, bool]] = {
+    "x86_64": (62, True), "i386": (3, False), "i486": (3, False), "i586": (3, False),
+    "i686": (3, False), "aarch64": (183, True), "aarch64_be": (183, True),
+    "arm64": (183, True), "ppc64": (21, True), "ppc64le": (21, True), "ppc": (20, False),
+    "s390x": (22, True), "s390": (22, False), "riscv64": (243, True),
+    "riscv32": (243, False), "loongarch64": (258, True), "mips64": (8, True),
+    "mips": (8, False), "sparc64": (43, True), "ia64": (50, True), "alpha": (0x9026, True),
+}
+
+
+def machine_info(machine: str) -> tuple[int, bool] | None:
+    """``(e_machine, is_64bit)`` for a utsname machine string, or None."""
+    if machine in MACHINES:
+        return MACHINES[machine]
+    if machine.startswith("arm"):          # armv7l, armv6l, armv8l...
+        return 40, False
+    if machine.startswith("mips64"):
+        return 8, True
+    if machine.startswith("mips"):
+        return 8, False
+    return None
+
+
+@dataclass(frozen=True)
+class KdumpAbi:
+    """The C layout of the two headers for one word size and byte order.
+
+    ``kind`` is "64" (every 64-bit ABI), "32pack" (i386: 64-bit members on
+    4-byte boundaries) or "32pad" (ARM and other 32-bit ABIs: 64-bit members
+    aligned to 8).  Formats are for :mod:`struct` with explicit padding.
+    """
+
+    kind: str
+    endian: str
+
+    @property
+    def elf64(self) -> bool:
+        return self.kind == "64"
+
+    @property
+    def header_format(self) -> str:
+        # signature, header_version, utsname, pad, timestamp {tv_sec, tv_usec},
+        # status, block_size, sub_hdr_size, bitmap_blocks, max_mapnr,
+        # total_ram_blocks, device_blocks, written_blocks, current_cpu, nr_cpus
+        if self.elf64:
+            return self.endian + "8si390s6xqqIiiIIIIIIi"
+        return self.endian + "8si390s2xiiIiiIIIIIIi"
+
+    @property
+    def sub_header_format(self) -> str:
+        # phys_base, dump_level, split, start_pfn, end_pfn, offset_vmcoreinfo,
+        # size_vmcoreinfo, offset_note, size_note, offset_eraseinfo,
+        # size_eraseinfo, start_pfn_64, end_pfn_64, max_mapnr_64
+        if self.kind == "64":
+            return self.endian + "QiiQQqQqQqQQQQ"
+        if self.kind == "32pack":
+            return self.endian + "IiiIIqIqIqIQQQ"
+        return self.endian + "IiiII4xqI4xqI4xqI4xQQQ"
+
+    @property
+    def header_size(self) -> int:
+        return struct.calcsize(self.header_format)
+
+    @property
+    def sub_header_size(self) -> int:
+        return struct.calcsize(self.sub_header_format)
+
+    @property
+    def word_mask(self) -> int:
+        return (1 << 64) - 1 if self.elf64 else (1 << 32) - 1
+
+    @classmethod
+    def for_elf(cls, header: ElfHeader) -> KdumpAbi:
+        """The layout makedumpfile built for the machine of an ELF vmcore."""
+        if header.elf64:
+            return cls("64", header.endian)
+        return cls("32pack" if header.e_machine == EM_386 else "32pad", header.endian)
+
+
+@dataclass(frozen=True)
+class Utsname:
+    """``struct new_utsname``: six NUL-padded char[65] fields, as bytes."""
+
+    sysname: bytes = b"Linux"
+    nodename: bytes = b"(none)"
+    release: bytes = b""
+    version: bytes = b""
+    machine: bytes = b""
+    domainname: bytes = b"(none)"
+
+    def pack(self) -> bytes:
+        fields = (self.sysname, self.nodename, self.release, self.version, self.machine,
+                  self.domainname)
+        return b"".join(f[:UTSNAME_FIELD - 1].ljust(UTSNAME_FIELD, b"\0") for f in fields)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Utsname:
+        if len(data) < UTSNAME_SIZE:
+            raise ValueError(f"utsname needs {UTSNAME_SIZE} bytes, got {len(data)}")
+        return cls(*(data[i * UTSNAME_FIELD:(i + 1) * UTSNAME_FIELD].split(b"\0", 1)[0]
+                     for i in range(6)))
+
+    def text(self, field: str) -> str:
+        return getattr(self, field).decode("ascii", "replace")
+
+
+@dataclass(frozen=True)
+class DiskDumpHeader:
+    """The decoded disk_dump_header."""
+
+    signature: bytes
+    header_version: int
+    utsname: Utsname
+    tv_sec: int
+    tv_usec: int
+    status: int
+    block_size: int
+    sub_hdr_size: int
+    bitmap_blocks: int
+    max_mapnr: int
+    total_ram_blocks: int
+    device_blocks: int
+    written_blocks: int
+    current_cpu: int
+    nr_cpus: int
+
+    def pack(self, abi: KdumpAbi) -> bytes:
+        return struct.pack(abi.header_format, self.signature, self.header_version,
+                           self.utsname.pack(), self.tv_sec, self.tv_usec, self.status,
+                           self.block_size, self.sub_hdr_size, self.bitmap_blocks,
+                           self.max_mapnr, self.total_ram_blocks, self.device_blocks,
+                           self.written_blocks, self.current_cpu, self.nr_cpus)
+
+    @classmethod
+    def unpack(cls, data: bytes, abi: KdumpAbi) -> DiskDumpHeader:
+        sig, version, uts, *rest = struct.unpack_from(abi.header_format, data)
+        return cls(sig, version, Utsname.unpack(uts), *rest)
+
+
+@dataclass(frozen=True)
+class KdumpSubHeader:
+    """The decoded kdump_sub_header (fields of later versions read as 0)."""
+
+    phys_base: int = 0
+    dump_level: int = 0
+    split: int = 0
+    start_pfn: int = 0
+    end_pfn: int = 0
+    offset_vmcoreinfo: int = 0
+    size_vmcoreinfo: int = 0
+    offset_note: int = 0
+    size_note: int = 0
+    offset_eraseinfo: int = 0
+    size_eraseinfo: int = 0
+    start_pfn_64: int = 0
+    end_pfn_64: int = 0
+    max_mapnr_64: int = 0
+
+    def pack(self, abi: KdumpAbi) -> bytes:
+        mask = abi.word_mask
+        return struct.pack(abi.sub_header_format, self.phys_base & mask, self.dump_level,
+                           self.split, self.start_pfn & mask, self.end_pfn & mask,
+                           self.offset_vmcoreinfo, self.size_vmcoreinfo, self.offset_note,
+                           self.size_note, self.offset_eraseinfo, self.size_eraseinfo,
+                           self.start_pfn_64, self.end_pfn_64, self.max_mapnr_64)
+
+    @classmethod
+    def unpack(cls, data: bytes, abi: KdumpAbi, header_version: int) -> KdumpSubHeader:
+        """Decode, keeping only the fields ``header_version`` defines."""
+        values = list(struct.unpack_from(abi.sub_header_format, data))
+        # the first field index each version adds: v1 dump_level, v2 split..end_pfn,
+        # v3 vmcoreinfo, v4 notes, v5 eraseinfo, v6 the 64-bit pfns
+        known = {0: 1, 1: 2, 2: 5, 3: 7, 4: 9, 5: 11}.get(min(header_version, 6), 14)
+        values[known:] = [0] * (14 - known)
+        return cls(*values)
+
+
+class RawLike(Protocol):
+    """What a kdump file is read through: :class:`RawFile`, or a view of a
+    flattened stream (:class:`slimdump.sources.flat.FlatStream`)."""
+
+    path: str
+    size: int
+    bytes_read: int
+
+    def read_at(self, offset: int, size: int, *, what: str = "data",
+                allow_short: bool = False) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _detect_abi(path: str, block0: bytes) -> tuple[KdumpAbi, str | None]:
+    """The header layout of a kdump file: byte order from header_version,
+    word size from utsname.machine (or from which layout gives a sane block
+    size when the machine is unknown)."""
+    little, big = struct.unpack_from("<i", block0, 8)[0], struct.unpack_from(">i", block0, 8)[0]
+    if 0 <= little <= 64:
+        endian = "<"
+    elif 0 <= big <= 64:
+        endian = ">"
+    else:
+        raise DumpError(path, f"kdump header version {little} is not one makedumpfile writes "
+                              f"(1 to {HEADER_VERSION})")
+    machine = block0[12 + 4 * UTSNAME_FIELD:12 + 5 * UTSNAME_FIELD].split(b"\0", 1)[0]
+    name = machine.decode("ascii", "replace")
+    info = machine_info(name)
+    if info is not None:
+        e_machine, is64 = info
+        kind = "64" if is64 else ("32pack" if e_machine == EM_386 else "32pad")
+        return KdumpAbi(kind, endian), name
+    # unknown machine: the layout whose block_size is a power of two
+    for kind, at in (("64", 428), ("32pad", 416)):
+        block_size = struct.unpack_from(endian + "i", block0, at)[0]
+        if 1024 <= block_size <= 1 << 20 and block_size & (block_size - 1) == 0:
+            return KdumpAbi(kind, endian), None
+    raise DumpError(path, f"kdump header of unknown machine {name!r} has no sane block size")
+
+
+def popcount(packed: np.ndarray) -> int:
+    """Set bits in a packed bitmap."""
+    return int(_POPCOUNT[packed].sum(dtype=np.int64))
+
+
+def bitmap_runs(packed: np.ndarray, nbits: int, chunk: int = 1 << 24) -> list[tuple[int, int]]:
+    """``[(first_pfn, count)]`` for the runs of set bits of a packed
+    (LSB-first) bitmap, unpacking at most ``chunk`` bits at a time."""
+    runs: list[tuple[int, int]] = []
+    for base in range(0, nbits, chunk):
+        bits = np.unpackbits(packed[base // 8:(base + chunk) // 8], bitorder="little")
+        bits = bits[:min(chunk, nbits - base)].astype(np.int8)
+        edges = np.flatnonzero(np.diff(bits, prepend=0, append=0))
+        for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+            if runs and runs[-1][0] + runs[-1][1] == base + start:
+                runs[-1] = (runs[-1][0], runs[-1][1] + end - start)
+            else:
+                runs.append((base + start, end - start))
+    return runs
+
+
+class KdumpFile(DumpSource):
+    """A kdump-compressed (or old diskdump) file opened for reading."""
+
+    format = "kdump"
+
+    def __init__(self, raw: RawLike) -> None:
+        self.raw = raw
+        self.path = raw.path
+        self.size = raw.size
+        block0 = raw.read_at(0, 1024, what="kdump header", allow_short=True)
+        if len(block0) < 464:
+            raise DumpError(self.path, f"truncated kdump header ({len(block0)} bytes)")
+        if block0[:8] not in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):
+            raise DumpError(self.path, "not a kdump-compressed file (no KDUMP signature)")
+        self.is_kdump = block0[:8] == KDUMP_SIGNATURE
+        self.abi, machine = _detect_abi(self.path, block0)
+        self.dump_header = DiskDumpHeader.unpack(block0, self.abi)
+        hdr = self.dump_header
+        self.header_version = hdr.header_version
+        if self.is_kdump and not hdr.header_version >= 1:
+            raise DumpError(self.path, f"kdump header version {hdr.header_version} is not one "
+                                       f"makedumpfile writes (1 to {HEADER_VERSION})")
+        self.block_size = bs = hdr.block_size
+        if not (1024 <= bs <= 1 << 20 and bs & (bs - 1) == 0):
+            raise DumpError(self.path, f"kdump block size {bs} is not a page size")
+        if hdr.sub_hdr_size < 0 or hdr.bitmap_blocks <= 0:
+            raise DumpError(self.path, f"kdump header claims {hdr.sub_hdr_size} sub-header "
+                                       f"blocks and {hdr.bitmap_blocks} bitmap blocks")
+        self.bitmap_offset = (1 + hdr.sub_hdr_size) * bs
+        self.desc_offset = self.bitmap_offset + hdr.bitmap_blocks * bs
+        if self.desc_offset > self.size:
+            raise DumpError(self.path, f"truncated: the kdump bitmaps end at {self.desc_offset:#x}"
+                                       f" but the file ends at {self.size:#x}")
+        self.utsname = hdr.utsname
+        self.crashtime = hdr.tv_sec
+        self.status = hdr.status
+        self.sub_header = self._read_sub_header()
+        sub = self.sub_header
+        self.max_mapnr = (sub.max_mapnr_64 if self.header_version >= 6 and self.is_kdump
+                          else hdr.max_mapnr)
+        self.dump_level = sub.dump_level
+        self.split = bool(sub.split)
+        self._read_bitmaps()
+        self.note_area = self._read_note_area()
+        self.notes = self._parse_notes()
+        self.header = self._elf_header(machine)
+        self.segments = [Segment(start * bs, 0, count * bs, 0, count * bs)
+                         for start, count in bitmap_runs(self.bitmap1, self.max_mapnr)]
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+
+    # -- opening ---------------------------------------------------------------
+
+    def _read_sub_header(self) -> KdumpSubHeader:
+        if not self.is_kdump or self.dump_header.sub_hdr_size == 0:
+            return KdumpSubHeader()
+        size = self.abi.sub_header_size
+        if self.dump_header.sub_hdr_size * self.block_size < size:
+            raise DumpError(self.path, f"kdump sub header ({size} bytes) does not fit in "
+                                       f"{self.dump_header.sub_hdr_size} block(s)")
+        data = self.raw.read_at(self.block_size, size, what="kdump sub header")
+        sub = KdumpSubHeader.unpack(data, self.abi, self.header_version)
+        for name in ("vmcoreinfo", "note", "eraseinfo"):
+            offset, length = getattr(sub, f"offset_{name}"), getattr(sub, f"size_{name}")
+            if length == 0:
+                continue
+            if length > MAX_METADATA or offset < 0 or offset + length > self.size:
+                raise DumpError(self.path, f"kdump sub header puts {length} bytes of {name} at "
+                                           f"offset {offset:#x}, outside the file "
+                                           f"({self.size} bytes)")
+        return sub
+
+    def _read_bitmaps(self) -> None:
+        bs, hdr = self.block_size, self.dump_header
+        if self.max_mapnr <= 0:
+            raise DumpError(self.path, f"kdump header claims max_mapnr {self.max_mapnr}")
+        nbytes = (self.max_mapnr + 7) // 8
+        one = (nbytes + bs - 1) // bs                  # blocks of one bitmap
+        two_bitmaps = hdr.bitmap_blocks >= 2 * one
+        capacity = (hdr.bitmap_blocks // 2 if two_bitmaps else hdr.bitmap_blocks) * bs
+        if nbytes > capacity:
+            raise DumpError(self.path, f"kdump bitmaps ({hdr.bitmap_blocks} blocks) are too "
+                                       f"small for max_mapnr {self.max_mapnr}")
+        tail_mask = (1 << (self.max_mapnr % 8)) - 1 if self.max_mapnr % 8 else 0xFF
+
+        def load(offset: int, what: str) -> np.ndarray:
+            arr = np.frombuffer(self.raw.read_at(offset, nbytes, what=what), np.uint8).copy()
+            arr[-1] &= tail_mask
+            return arr
+
+        self.bitmap1 = load(self.bitmap_offset, "1st bitmap")
+        self.bitmap2 = (load(self.bitmap_offset + hdr.bitmap_blocks // 2 * bs, "2nd bitmap")
+                        if two_bitmaps else self.bitmap1)
+        counts = _POPCOUNT[self.bitmap2]
+        pad = (-len(counts)) % (PREFIX_BLOCK // 8)
+        per_block = np.concatenate([counts, np.zeros(pad, np.uint8)]).reshape(
+            -1, PREFIX_BLOCK // 8).sum(axis=1, dtype=np.int64)
+        self._prefix = np.concatenate([[0], np.cumsum(per_block)]).astype(np.int64)
+        if self.split:
+            first, last = self.sub_header.start_pfn_64, self.sub_header.end_pfn_64
+            if self.header_version < 6:
+                first, last = self.sub_header.start_pfn, self.sub_header.end_pfn
+            self.pfn_range = (min(first, self.max_mapnr), min(last, self.max_mapnr))
+        else:
+            self.pfn_range = (0, self.max_mapnr)
+        self._first_pos = self._rank(self.pfn_range[0])
+        self.num_dumpable = self._rank(self.pfn_range[1]) - self._first_pos
+        self.total_dumpable = int(self._prefix[-1])
+        self.data_offset = self.desc_offset + PAGE_DESC_SIZE * self.total_dumpable
+
+    def _read_note_area(self) -> bytes:
+        sub = self.sub_header
+        if self.header_version >= 4 and sub.size_note:
+            return self.raw.read_at(sub.offset_note, sub.size_note, what="kdump notes")
+        return b""
+
+    def _parse_notes(self) -> list[Note]:
+        sub = self.sub_header
+        if self.note_area:
+            try:
+                return parse_notes(self.note_area, self.abi.endian, sub.offset_note)
+            except ElfFormatError as exc:
+                raise DumpError(self.path, str(exc)) from None
+        if self.header_version >= 3 and sub.size_vmcoreinfo:
+            # version 3 files keep VMCOREINFO alone: present it as the note
+            desc = self.raw.read_at(sub.offset_vmcoreinfo, sub.size_vmcoreinfo,
+                                    what="VMCOREINFO")
+            return [Note(b"VMCOREINFO\0", 0, desc,
+                         sub.offset_vmcoreinfo - 12 - align4(len(b"VMCOREINFO\0")))]
+        return []
+
+    def _elf_header(self, machine: str | None) -> ElfHeader:
+        e_machine = machine_info(machine)[0] if machine and machine_info(machine) else 0
+        elf64 = self.abi.elf64
+        return ElfHeader(elf64, self.abi.endian, 0, ET_CORE, e_machine, EV_CURRENT, 0,
+                         0, 0, 0, 64 if elf64 else 52, 56 if elf64 else 32, 0, 0, 0, 0)
+
+    # -- facts -----------------------------------------------------------------
+
+    @property
+    def phys_base(self) -> int:
+        """phys_base as the signed number VMCOREINFO states."""
+        value, bits = self.sub_header.phys_base, 64 if self.abi.elf64 else 32
+        return value - (1 << bits) if value >> (bits - 1) else value
+
+    @property
+    def compression(self) -> str:
+        """The compression method the header's status names ("none" if none)."""
+        for codec in CODECS.values():
+            if codec.flag and self.status & codec.flag:
+                return codec.name
+        return "none"
+
+    @property
+    def incomplete(self) -> bool:
+        """makedumpfile ran out of space (or hit -L) while writing the file."""
+        return bool(self.status & DUMP_DH_COMPRESSED_INCOMPLETE)
+
+    @property
+    def nr_cpus(self) -> int:
+        return self.dump_header.nr_cpus
+
+    @property
+    def eraseinfo(self) -> bytes:
+        sub = self.sub_header
+        if self.header_version < 5 or not sub.size_eraseinfo:
+            return b""
+        return self.raw.read_at(sub.offset_eraseinfo, sub.size_eraseinfo, what="eraseinfo")
+
+    @property
+    def bytes_read(self) -> int:
+        return self.raw.bytes_read
+
+    @property
+    def data_end(self) -> int:
+        """Where the headers say the data ends: the descriptor table, the end
+        of the furthest of the last (up to 4096) pages' data, eraseinfo."""
+        end = self.data_offset
+        if self.dump_level & 1:                 # the shared zero page comes first
+            end += self.block_size
+        count = min(self.num_dumpable, PREFIX_BLOCK)
+        first = self.num_dumpable - count
+        table_end = self.desc_offset + PAGE_DESC_SIZE * (first + count)
+        if count and table_end <= self.size:
+            descs = self._descriptors(first, count)
+            ends = descs["offset"].astype(np.int64) + descs["size"].astype(np.int64)
+            end = max(end, int(ends.max()))
+        else:
+            end = max(end, table_end)
+        sub = self.sub_header
+        if sub.size_eraseinfo:
+            end = max(end, sub.offset_eraseinfo + sub.size_eraseinfo)
+        return end
+
+    def is_dumped(self, pfn: int) -> bool:
+        """The page is in the 2nd bitmap (and in this file's split range)."""
+        if not self.pfn_range[0] <= pfn < self.pfn_range[1]:
+            return False
+        return bool(self.bitmap2[pfn >> 3] >> (pfn & 7) & 1)
+
+    def _rank(self, pfn: int) -> int:
+        """Set bits of the 2nd bitmap below ``pfn`` (0 <= pfn <= max_mapnr)."""
+        block = pfn // PREFIX_BLOCK
+        first_byte, last_byte = block * (PREFIX_BLOCK // 8), pfn >> 3
+        rank = int(self._prefix[block])
+        if last_byte > first_byte:
+            rank += int(_POPCOUNT[self.bitmap2[first_byte:last_byte]].sum(dtype=np.int64))
+        if pfn & 7:
+            rank += int(_POPCOUNT[self.bitmap2[last_byte] & ((1 << (pfn & 7)) - 1)])
+        return rank
+
+    def _descriptors(self, pos: int, count: int) -> np.ndarray:
+        data = self.raw.read_at(self.desc_offset + PAGE_DESC_SIZE * pos, PAGE_DESC_SIZE * count,
+                                what="page descriptors")
+        return np.frombuffer(data, PAGE_DESC_DTYPE[self.abi.endian])
+
+    # -- reading ---------------------------------------------------------------
+
+    def pages(self, pfn: int, count: int) -> list[bytes]:
+        """``count`` consecutive dumped pages from ``pfn``; NotInDump at the
+        first page the file does not hold."""
+        pages: list[bytes] = []
+        for at in range(pfn, pfn + count):
+            if not self.is_dumped(at):
+                raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
+                                           f"(pfn {at:#x}) is not in the dump")
+        pos = self._rank(pfn) - self._first_pos
+        descs = self._descriptors(pos, count)   # split files: slot 0 = their first page
+        offsets = descs["offset"].astype(np.int64)
+        sizes = descs["size"].astype(np.int64)
+        flags = descs["flags"]
+        i = 0
+        while i < count:
+            # one read for a stretch of pages whose data lie back to back
+            j = i + 1
+            while (j < count and j - i < 1024 and offsets[j] == offsets[j - 1] + sizes[j - 1]
+                   and offsets[j] != 0):
+                j += 1
+            self._check_descriptor(pfn + i, int(offsets[i]), int(sizes[i]))
+            for k in range(i + 1, j):
+                self._check_descriptor(pfn + k, int(offsets[k]), int(sizes[k]))
+            blob = self.raw.read_at(int(offsets[i]), int(offsets[j - 1] + sizes[j - 1]
+                                                         - offsets[i]),
+                                    what=f"page data of pfn {pfn + i:#x}")
+            at = 0
+            for k in range(i, j):
+                stored = blob[at:at + int(sizes[k])]
+                at += int(sizes[k])
+                try:
+                    pages.append(decompress(int(flags[k]), stored, self.block_size))
+                except DumpError as exc:
+                    raise DumpError(self.path, f"page at {(pfn + k) * self.block_size:#x} "
+                                               f"(pfn {pfn + k:#x}): {exc.problem}") from None
+            i = j
+        return pages
+
+    def _check_descriptor(self, pfn: int, offset: int, size: int) -> None:
+        if offset == 0:
+            raise NotInDump(self.path, f"physical address {pfn * self.block_size:#x} (pfn "
+                                       f"{pfn:#x}) was lost: the dump is incomplete")
+        if offset < 0 or not 0 < size <= self.block_size:
+            raise DumpError(self.path, f"page descriptor of pfn {pfn:#x} claims {size} bytes "
+                                       f"at offset {offset:#x}")
+
+    def _page(self, pfn: int) -> bytes:
+        page = self._cache.get(pfn)
+        if page is None:
+            page = self.pages(pfn, 1)[0]
+            self._cache[pfn] = page
+            if len(self._cache) > 64:
+                self._cache.popitem(last=False)
+        return page
+
+    def read_phys(self, paddr: int, size: int) -> bytes:
+        """Physical memory; NotInDump for pages the dump does not hold (not in
+        the 2nd bitmap, or lost in an incomplete dump).  Zero pages written
+        as the shared zero page read as zeros like any other page."""
+        if paddr < 0 or size < 0:
+            raise NotInDump(self.path, f"physical address {paddr:#x} is not in the dump")
+        bs = self.block_size
+        if size <= bs and paddr // bs == (paddr + size - 1) // bs:
+            if size == 0:
+                return b""
+            off = paddr % bs
+            return self._page(paddr // bs)[off:off + size]
+        first, last = paddr // bs, (paddr + size - 1) // bs
+        out = bytearray()
+        for start in range(first, last + 1, 1024):
+            out += b"".join(self.pages(start, min(1024, last + 1 - start)))
+        off = paddr - first * bs
+        return bytes(out[off:off + size])
+
+    def close(self) -> None:
+        self.raw.close()

@@ -1,0 +1,203 @@
+"""Per-page compression as the kdump-compressed format stores it.
+
+makedumpfile compresses every page on its own and marks the method in the
+page descriptor's ``flags`` (the same bits go into the file header's
+``status``): zlib 0x1 (deflate level 1 with the zlib wrapper), LZO 0x2 (raw
+LZO1X-1), snappy 0x4 (a raw snappy block, not the framed format) and zstd
+0x20 (one zstd frame, level 1).  A page is stored compressed only when the
+result is strictly smaller than a page; otherwise it is stored as is with
+flags 0 (reference section 2.5).  Readers (crash, libkdumpfile) rely on that.
+
+The LZO (python-lzo) and snappy/zstd (cramjam) modules are imported when a
+codec first needs them, so a missing module only matters to the one codec
+that needs it, and the error says which module to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from slimdump.errors import DumpError
+
+DUMP_DH_COMPRESSED_ZLIB = 0x1
+DUMP_DH_COMPRESSED_LZO = 0x2
+DUMP_DH_COMPRESSED_SNAPPY = 0x4
+DUMP_DH_COMPRESSED_INCOMPLETE = 0x8
+DUMP_DH_EXCLUDED_VMEMMAP = 0x10
+DUMP_DH_COMPRESSED_ZSTD = 0x20
+COMPRESSION_MASK = (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO
+                    | DUMP_DH_COMPRESSED_SNAPPY | DUMP_DH_COMPRESSED_ZSTD)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One page compression method: its name, makedumpfile's flag value, its
+    makedumpfile option and the Python module that implements it."""
+
+    name: str
+    flag: int
+    option: str
+    module: str | None      # None: the standard library suffices
+
+
+CODECS: dict[str, Codec] = {
+    "none": Codec("none", 0, "", None),
+    "zlib": Codec("zlib", DUMP_DH_COMPRESSED_ZLIB, "-c", None),
+    "lzo": Codec("lzo", DUMP_DH_COMPRESSED_LZO, "-l", "lzo"),
+    "snappy": Codec("snappy", DUMP_DH_COMPRESSED_SNAPPY, "-p", "cramjam"),
+    "zstd": Codec("zstd", DUMP_DH_COMPRESSED_ZSTD, "-z", "cramjam"),
+}
+_BY_FLAG = {codec.flag: codec for codec in CODECS.values()}
+_PIP_NAMES = {"lzo": "python-lzo", "cramjam": "cramjam"}
+
+
+def get_codec(codec: str | Codec) -> Codec:
+    """The codec called ``codec`` (one of :data:`CODECS`); ValueError otherwise."""
+    if isinstance(codec, Codec):
+        return codec
+    try:
+        return CODECS[codec]
+    except KeyError:
+        raise ValueError(f"unknown compression {codec!r} "
+                         f"(one of {', '.join(CODECS)})") from None
+
+
+def codec_for_flags(flags: int) -> Codec:
+    """The codec a page descriptor's ``flags`` name; DumpError for flags that
+    mix methods or name none known (crash and libkdumpfile reject them too)."""
+    codec = _BY_FLAG.get(flags & COMPRESSION_MASK)
+    if codec is None:
+        raise DumpError(None, f"page compression flags {flags:#x} name no single known "
+                              f"method")
+    return codec
+
+
+def _module(codec: Codec) -> ModuleType | None:
+    if codec.module is None:
+        return None
+    try:
+        return importlib.import_module(codec.module)
+    except ImportError:
+        raise DumpError(None, f"{codec.name} compression needs the Python module "
+                              f"{codec.module!r} (pip install "
+                              f"{_PIP_NAMES.get(codec.module, codec.module)})") from None
+
+
+def require(codec: str | Codec) -> Codec:
+    """Check up front that ``codec`` can run here; DumpError naming the
+    missing module if not.  Returns the codec."""
+    found = get_codec(codec)
+    _module(found)
+    return found
+
+
+def compressor(codec: str | Codec) -> Callable[[bytes], bytes]:
+    """A function compressing one page with ``codec`` exactly as makedumpfile
+    does (identity for "none")."""
+    found = get_codec(codec)
+    mod = _module(found)
+    if found.name == "zlib":
+        return lambda page: zlib.compress(page, 1)
+    if found.name == "lzo":
+        assert mod is not None
+        lzo_compress = mod.compress
+        return lambda page: lzo_compress(page, 1, False)
+    if found.name == "snappy":
+        assert mod is not None
+        snappy_compress = mod.snappy.compress_raw
+        return lambda page: bytes(snappy_compress(page))
+    if found.name == "zstd":
+        assert mod is not None
+        zstd_compress = mod.zstd.compress
+        return lambda page: bytes(zstd_compress(page, level=1))
+    return bytes
+
+
+def compress_page(codec: str | Codec, page: bytes) -> tuple[int, bytes]:
+    """``(flags, data)`` for one page: compressed with the codec's flag when
+    that is strictly smaller than the page, else the page itself and 0."""
+    found = get_codec(codec)
+    if found.flag == 0:
+        return 0, bytes(page)
+    data = compressor(found)(page)
+    if len(data) < len(page):
+        return found.flag, data
+    return 0, bytes(page)
+
+
+def decompress(flags: int, data: bytes, page_size: int) -> bytes:
+    """One page from its stored bytes and descriptor flags.  DumpError unless
+    the result is exactly ``page_size`` bytes (what crash requires)."""
+    codec = codec_for_flags(flags)
+    if codec.flag == 0:
+        if len(data) != page_size:
+            raise DumpError(None, f"uncompressed page holds {len(data)} bytes, "
+                                  f"not {page_size}")
+        return bytes(data)
+    mod = _module(codec)
+    try:
+        if codec.name == "zlib":
+            page = zlib.decompressobj().decompress(data, page_size + 1)
+        elif codec.name == "lzo":
+            assert mod is not None
+            page = mod.decompress(bytes(data), False, page_size)
+        else:
+            # into a page-sized buffer: a hostile size claim cannot make the
+            # library allocate more than one page
+            assert mod is not None
+            out = bytearray(page_size)
+            into = (mod.snappy.decompress_raw_into if codec.name == "snappy"
+                    else mod.zstd.decompress_into)
+            page = bytes(out[:into(bytes(data), out)])
+    except Exception as exc:  # every library has its own error classes
+        raise DumpError(None, f"{codec.name} page does not decompress: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                        ) from None
+    if len(page) != page_size:
+        raise DumpError(None, f"{codec.name} page decompresses to {len(page)} bytes, "
+                              f"not {page_size}")
+    return page
+
+
+# -- batch compression, the unit of work of the writer's process pool --------
+
+_ZERO_CACHE: dict[tuple[str, int], bytes] = {}
+
+
+def compress_pages(codec_name: str, data: bytes, page_size: int) -> tuple[bytes, bytes, bytes]:
+    """Compress ``len(data) // page_size`` consecutive pages.
+
+    Returns ``(flags, sizes, blob)``: the flags and stored sizes as native
+    uint32 arrays (``array('I')`` bytes) and the stored bytes of all pages
+    back to back.  Runs in worker processes, so it takes and returns only
+    plain bytes.  An all-zero page always compresses to the same bytes, so
+    that result is computed once per process (memory dumps are mostly zeros).
+    """
+    from array import array
+
+    codec = get_codec(codec_name)
+    compress = compressor(codec)
+    zero_key = (codec.name, page_size)
+    zero = bytes(page_size)
+    if zero_key not in _ZERO_CACHE:
+        _ZERO_CACHE[zero_key] = compress(zero)
+    zero_packed = _ZERO_CACHE[zero_key]
+    count = len(data) // page_size
+    flags = array("I", bytes(4 * count))
+    sizes = array("I", bytes(4 * count))
+    parts: list[bytes] = []
+    for i in range(count):
+        page = data[i * page_size:(i + 1) * page_size]
+        packed = zero_packed if page == zero else compress(page)
+        if len(packed) < page_size:
+            flags[i] = codec.flag
+            sizes[i] = len(packed)
+            parts.append(packed)
+        else:
+            sizes[i] = page_size
+            parts.append(page)
+    return flags.tobytes(), sizes.tobytes(), b"".join(parts)

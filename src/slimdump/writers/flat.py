@@ -1,0 +1,166 @@
+"""makedumpfile's flattened format (-F) and its rearrangement (-R).
+
+A dump written to a pipe cannot seek, so every positioned write becomes a
+record on the stream: ``offset`` and ``size`` as big-endian signed 64-bit
+integers, then ``size`` bytes that belong at ``offset`` of the real file.
+The stream starts with a 4096-byte header ("makedumpfile" + 4 NULs, type 1,
+version 1, both big-endian) and ends with the record (-1, -1).  Payloads
+keep the dump's own byte order; records need not be in offset order and may
+overlap (the later one wins).  A zero-length record would end makedumpfile
+-R's rearrangement with an error, so none is ever written (reference
+section 3).
+
+:class:`FlatWriter` has the ``write(data, offset)`` method the other
+writers write through, so ``KdumpWriter(FlatWriter(sys.stdout.buffer), ...)``
+is ``makedumpfile -F``; :func:`reassemble` is ``makedumpfile -R``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import BinaryIO
+
+from slimdump.errors import DumpError
+from slimdump.writers.kdump import PositionedOutput, as_output
+
+FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
+FLAT_HEADER_SIZE = 4096
+TYPE_FLAT_HEADER = 1
+VERSION_FLAT_HEADER = 1
+RECORD_HEADER = struct.Struct(">qq")
+END_OFFSET = END_SIZE = -1
+MAX_RECORD = 1 << 20        # longer writes are split: bounded buffers for any reader
+COPY_CHUNK = 8 << 20
+
+
+def flat_header() -> bytes:
+    """The 4096-byte start header."""
+    head = FLAT_SIGNATURE + struct.pack(">qq", TYPE_FLAT_HEADER, VERSION_FLAT_HEADER)
+    return head.ljust(FLAT_HEADER_SIZE, b"\0")
+
+
+def _write_all(stream: BinaryIO | int, data: bytes | memoryview, name: str) -> None:
+    try:
+        if isinstance(stream, int):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(stream, view):]
+        else:
+            stream.write(data)
+    except OSError as exc:
+        raise DumpError(name, f"write failed: {exc.strerror or exc}") from None
+
+
+class FlatWriter:
+    """A flattened stream on ``stream`` (a binary file object, e.g.
+    ``sys.stdout.buffer``, or a file descriptor).  The start header is
+    written at once; :meth:`finish` writes the end marker and flushes."""
+
+    def __init__(self, stream: BinaryIO | int, *, name: str = "<stdout>",
+                 max_record: int = MAX_RECORD) -> None:
+        self.stream = stream
+        self.name = name
+        self.max_record = max_record
+        self.bytes_written = 0
+        self.records = 0
+        self.finished = False
+        self._emit(flat_header())
+        self._flush()
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        _write_all(self.stream, data, self.name)
+        self.bytes_written += len(data)
+
+    def write(self, data: bytes, offset: int) -> None:
+        """One positioned write of the real file, as records."""
+        if self.finished:
+            raise ValueError("flattened stream already finished")
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        view = memoryview(data)
+        for at in range(0, len(view), self.max_record):
+            part = view[at:at + self.max_record]
+            self._emit(RECORD_HEADER.pack(offset + at, len(part)))
+            self._emit(part)
+            self.records += 1
+        self._flush()
+
+    def _flush(self) -> None:
+        """Nothing stays in a file object's buffer between writes: a process
+        forked meanwhile (the compression pool) must not inherit stream data."""
+        if not isinstance(self.stream, int):
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                raise DumpError(self.name, f"write failed: {exc.strerror or exc}") from None
+
+    def finish(self) -> None:
+        """The end marker (-1, -1); flushes a file object."""
+        if not self.finished:
+            self._emit(RECORD_HEADER.pack(END_OFFSET, END_SIZE))
+            self.finished = True
+        self._flush()
+
+
+def _read_exact(stream: BinaryIO | int, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end of the stream."""
+    chunks, done = [], 0
+    while done < size:
+        chunk = (os.read(stream, size - done) if isinstance(stream, int)
+                 else stream.read(size - done))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
+def check_flat_header(head: bytes, name: str) -> None:
+    """DumpError unless ``head`` starts a flattened stream makedumpfile -R accepts."""
+    if len(head) < len(FLAT_SIGNATURE) + 16:
+        raise DumpError(name, f"truncated flattened header ({len(head)} bytes)")
+    if not head.startswith(FLAT_SIGNATURE):
+        raise DumpError(name, "not a makedumpfile flattened stream (no makedumpfile signature)")
+    kind, version = struct.unpack_from(">qq", head, len(FLAT_SIGNATURE))
+    if kind != TYPE_FLAT_HEADER:
+        raise DumpError(name, f"flattened header has type {kind}, not {TYPE_FLAT_HEADER}")
+    if version < 1:
+        raise DumpError(name, f"flattened header has version {version}")
+
+
+def reassemble(stream: BinaryIO | int, out: PositionedOutput | int, *,
+               name: str = "<stdin>") -> int:
+    """Rearrange a flattened stream into the file it describes (``makedumpfile
+    -R``): every record's payload is written at its offset, holes stay
+    holes.  Stops at the end marker; a stream that ends before it, or a
+    record with a negative offset or non-positive size that is not the
+    marker, is an error.  Returns the size of the file written."""
+    target = as_output(out)
+    head = _read_exact(stream, FLAT_HEADER_SIZE)
+    check_flat_header(head, name)
+    if len(head) < FLAT_HEADER_SIZE:
+        raise DumpError(name, f"truncated flattened header ({len(head)} bytes)")
+    position, end = FLAT_HEADER_SIZE, 0
+    while True:
+        record = _read_exact(stream, RECORD_HEADER.size)
+        if len(record) < RECORD_HEADER.size:
+            raise DumpError(name, f"truncated: the flattened stream ends at "
+                                  f"{position + len(record)} without its end marker")
+        offset, size = RECORD_HEADER.unpack(record)
+        position += RECORD_HEADER.size
+        if offset == END_OFFSET and size == END_SIZE:
+            return end
+        if offset < 0 or size <= 0 or offset + size >= 1 << 63:
+            raise DumpError(name, f"flattened record at stream offset {position - 16} claims "
+                                  f"{size} bytes at offset {offset}")
+        done = 0
+        while done < size:
+            chunk = _read_exact(stream, min(COPY_CHUNK, size - done))
+            if not chunk:
+                raise DumpError(name, f"truncated: record of {size} bytes at stream offset "
+                                      f"{position - 16} ends after {done}")
+            target.write(chunk, offset + done)
+            done += len(chunk)
+        position += size
+        end = max(end, offset + size)

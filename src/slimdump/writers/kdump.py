@@ -1,0 +1,610 @@
+"""Writing kdump-compressed files (header_version 6), as makedumpfile does.
+
+The layout is reference section 2: disk_dump_header at 0, kdump_sub_header
+at block 1 followed by the merged ELF notes, the 1st and 2nd bitmaps, one
+24-byte page descriptor per page of the 2nd bitmap, then the page data back
+to back.  The caller decides which pages go in (the final 2nd bitmap); this
+module only formats them, so the file is byte for byte what makedumpfile
+writes for the same bitmaps.
+
+Memory stays bounded: pfns are processed in cycles (4096 by default) and the
+descriptors of a cycle are written with its data, which is possible because
+the data start is known from the popcount of the 2nd bitmap (zero pages are
+found while writing and still take a descriptor: the shared one pointing at
+the zero page written first).  Pages are compressed in a process pool over
+all CPUs; results are written in pfn order, so the file does not depend on
+worker timing.  Uncompressed output never starts a pool.
+
+Output goes to anything with ``write(data, offset)``:
+:class:`~slimdump.writers.atomic.AtomicOutput`, :class:`FdOutput` or
+:class:`~slimdump.writers.flat.FlatWriter` (the -F stream).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
+
+import numpy as np
+
+from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame_notes, parse_notes
+from slimdump.errors import DumpError, NotInDump
+from slimdump.sources.base import DumpSource, Segment
+from slimdump.sources.kdump import (
+    HEADER_VERSION,
+    KDUMP_SIGNATURE,
+    PAGE_DESC_DTYPE,
+    PAGE_DESC_SIZE,
+    DiskDumpHeader,
+    KdumpAbi,
+    KdumpSubHeader,
+    Utsname,
+    popcount,
+)
+from slimdump.writers.codecs import (
+    DUMP_DH_COMPRESSED_INCOMPLETE,
+    Codec,
+    compress_page,
+    compress_pages,
+    get_codec,
+    require,
+)
+
+DL_EXCLUDE_ZERO = 1
+CYCLE_PAGES = 4096           # pfns per cycle: bounds memory to a few cycles of page data
+TASK_PAGES = 256             # pages per unit of work sent to a worker process
+START_KERNEL_MAP = 0xFFFFFFFF80000000
+
+ReadPages = Callable[[int, int], bytes]
+"""``read_pages(start_pfn, count)``: ``count * page_size`` bytes of memory."""
+
+BitmapLike = np.ndarray | bytes | bytearray | memoryview
+"""A bitmap: a bool array (index = pfn) or packed bytes, LSB = lowest pfn."""
+
+
+class PositionedOutput(Protocol):
+    """Where writers put bytes: ``write(data, offset)`` writes all of it."""
+
+    def write(self, data: bytes, offset: int) -> None: ...
+
+
+class FdOutput:
+    """``write(data, offset)`` on an open file descriptor, with pwrite()."""
+
+    def __init__(self, fd: int, name: str = "output") -> None:
+        self.fd = fd
+        self.name = name
+
+    def write(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as exc:
+            raise DumpError(self.name, f"write failed: {exc.strerror or exc}") from None
+
+
+def as_output(out: PositionedOutput | int) -> PositionedOutput:
+    """Accept a file descriptor where an output object is expected."""
+    return FdOutput(out) if isinstance(out, int) else out
+
+
+def pack_bitmap(bitmap: BitmapLike, nbits: int) -> np.ndarray:
+    """A packed (uint8, LSB-first) copy of ``bitmap`` holding exactly
+    ``nbits`` bits; bits beyond are cleared."""
+    if isinstance(bitmap, np.ndarray) and bitmap.dtype == np.bool_:
+        bits = bitmap[:nbits]
+        packed = np.packbits(bits, bitorder="little")
+    else:
+        packed = np.frombuffer(bytes(bitmap) if not isinstance(bitmap, np.ndarray)
+                               else bitmap.astype(np.uint8, copy=False).tobytes(), np.uint8)
+    nbytes = (nbits + 7) // 8
+    out = np.zeros(nbytes, np.uint8)
+    out[:min(nbytes, len(packed))] = packed[:nbytes]
+    if nbits % 8 and nbytes:
+        out[-1] &= (1 << (nbits % 8)) - 1
+    return out
+
+
+def bitmap_from_segments(segments: Sequence[Segment], page_size: int,
+                         max_mapnr: int) -> np.ndarray:
+    """makedumpfile's 1st bitmap (bool per pfn): for a segment [start, end)
+    the pfns floor(start/P) .. floor(end/P) - 1, so a leading partial page
+    counts and a trailing one does not."""
+    bits = np.zeros(max_mapnr, np.bool_)
+    for seg in segments:
+        first, end = seg.phys_start // page_size, seg.phys_end // page_size
+        bits[first:min(end, max_mapnr)] = True
+    return bits
+
+
+def max_mapnr_of(segments: Sequence[Segment], page_size: int) -> int:
+    """roundup(highest physical end, page) / page over all segments."""
+    top = max((seg.phys_end for seg in segments), default=0)
+    return (top + page_size - 1) // page_size
+
+
+def page_reader(source: DumpSource, page_size: int = 4096) -> ReadPages:
+    """``read_pages(start_pfn, count)`` over a source, zero-filling what no
+    segment (or, for a filtered source, no dumped page) covers, as
+    makedumpfile does for partial pages at segment edges."""
+
+    def read_pages(start_pfn: int, count: int) -> bytes:
+        addr, size = start_pfn * page_size, count * page_size
+        try:
+            return source.read_phys(addr, size)
+        except NotInDump:
+            pass
+        out = bytearray(size)
+        for seg in source.segments:
+            lo, hi = max(addr, seg.phys_start), min(addr + size, seg.phys_end)
+            if lo >= hi:
+                continue
+            try:
+                out[lo - addr:hi - addr] = source.read_phys(lo, hi - lo)
+            except NotInDump:
+                for page in range(lo - lo % page_size, hi, page_size):
+                    a, b = max(page, lo), min(page + page_size, hi)
+                    with contextlib.suppress(NotInDump):
+                        out[a - addr:b - addr] = source.read_phys(a, b - a)
+        return bytes(out)
+
+    return read_pages
+
+
+def _fallback_utsname(source: DumpSource) -> Utsname:
+    from slimdump.kernel.vmcoreinfo import VmcoreInfo
+
+    info = VmcoreInfo.from_notes(source.notes)
+    release = (info.osrelease if info else None) or ""
+    machine = {EM_386: "i686"}.get(source.header.e_machine, source.header.machine_name)
+    return Utsname(release=release.encode(), machine=machine.encode())
+
+
+def read_utsname(source: DumpSource) -> Utsname:
+    """The crashed kernel's utsname from ``init_uts_ns`` in its memory (what
+    makedumpfile puts in the header; crash checks ``machine``).  Falls back
+    to VMCOREINFO's OSRELEASE and the ELF machine when memory cannot say."""
+    existing = getattr(source, "utsname", None)
+    if isinstance(existing, Utsname):
+        return existing
+    from slimdump.kernel.memory import KernelMemory
+    from slimdump.kernel.vmcoreinfo import VmcoreInfo
+
+    info = VmcoreInfo.from_notes(source.notes)
+    if info is None:
+        return _fallback_utsname(source)
+    base = info.symbol("init_uts_ns")
+    offset = info.offset("uts_namespace.name")
+    if base is None or offset is None:
+        return _fallback_utsname(source)
+    try:
+        data = KernelMemory(source, info).read(base + offset, 6 * 65)
+    except DumpError:
+        return _fallback_utsname(source)
+    uts = Utsname.unpack(data)
+    return uts if uts.release else _fallback_utsname(source)
+
+
+def note_area(source: DumpSource) -> bytes:
+    """The source's notes as the vmcore's merged PT_NOTE holds them: the raw
+    bytes where the source keeps them, framed again otherwise."""
+    area = getattr(source, "note_area", None)
+    if isinstance(area, bytes) and area:
+        return area
+    raw = getattr(source, "raw", None)
+    segments = getattr(source, "note_segments", None)
+    if raw is not None and segments:
+        return b"".join(raw.read_at(ph.p_offset, ph.p_filesz, what="notes")
+                        for ph in segments)
+    return frame_notes(source.notes, source.header.endian)
+
+
+@dataclass(frozen=True)
+class KdumpMeta:
+    """What the headers say about the crashed machine.
+
+    ``notes`` is the merged note area, copied after the sub header;
+    ``phys_base`` may be negative (stored as its 64-bit pattern);
+    ``nr_cpus`` None means the number of CORE/NT_PRSTATUS notes.
+    """
+
+    header: ElfHeader
+    notes: bytes
+    utsname: Utsname
+    crashtime: int
+    phys_base: int
+    dump_level: int
+    max_mapnr: int
+    page_size: int = 4096
+    nr_cpus: int | None = None
+
+    @classmethod
+    def from_source(cls, source: DumpSource, *, dump_level: int,
+                    utsname: Utsname | None = None, page_size: int | None = None) -> KdumpMeta:
+        """Everything from a source: VMCOREINFO (CRASHTIME, phys_base,
+        PAGESIZE), the notes, ``init_uts_ns`` and the memory map."""
+        from slimdump.kernel.vmcoreinfo import VmcoreInfo
+
+        info = VmcoreInfo.from_notes(source.notes)
+        page_size = page_size or (info.page_size if info else None) or 4096
+        crashtime = (info.crashtime if info else None) or getattr(source, "crashtime", 0) or 0
+        phys_base = getattr(source, "phys_base", None)
+        if not isinstance(phys_base, int):
+            phys_base = _phys_base(source, info)
+        max_mapnr = getattr(source, "max_mapnr", None)
+        if not isinstance(max_mapnr, int):
+            max_mapnr = max_mapnr_of(source.segments, page_size)
+        return cls(source.header, note_area(source), utsname or read_utsname(source),
+                   crashtime, phys_base, dump_level, max_mapnr, page_size)
+
+
+def _phys_base(source: DumpSource, info: object) -> int:
+    """makedumpfile's phys_base: x86_64 NUMBER(phys_base) or the kernel-image
+    segment, arm64 NUMBER(PHYS_OFFSET), otherwise 0."""
+    number = getattr(info, "number", None)
+    machine = source.header.e_machine
+    if machine == EM_X86_64:
+        value = number("phys_base") if number else None
+        if value is not None:
+            return value
+        for seg in source.segments:
+            if seg.virt_start >= START_KERNEL_MAP:
+                return seg.phys_start - (seg.virt_start - START_KERNEL_MAP)
+    if machine == EM_AARCH64 and number:
+        return number("PHYS_OFFSET") or 0
+    return 0
+
+
+@dataclass
+class KdumpResult:
+    """What was written."""
+
+    size: int = 0                # file size (end of the page data)
+    pages: int = 0               # descriptors written (popcount of the 2nd bitmap)
+    zero_pages: int = 0          # pointing at the shared zero page
+    compressed_pages: int = 0
+    raw_pages: int = 0           # stored as is (incompressible, or no codec)
+    data_bytes: int = 0          # page data, zero page included
+    seconds: float = 0.0
+    workers: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Cycle:
+    """One cycle's pages on their way out: which are zero, and the stored
+    bytes of the others (ready or being compressed)."""
+
+    count: int
+    zero: np.ndarray
+    parts: list[Future[tuple[bytes, bytes, bytes]] | tuple[bytes, bytes, bytes]]
+
+
+def _quiet_worker() -> None:
+    """Pool initializer: the worker's standard streams go to /dev/null, so
+    it never writes (or flushes) anything onto the parent's stdout."""
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the worker
+    sys.stdout = sys.stderr = devnull
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class KdumpWriter:
+    """One kdump-compressed file: the layout is computed on construction
+    (``num_dumpable``, ``desc_offset``, ``data_offset``...), :meth:`write`
+    writes everything.
+
+    ``workers``: compressing processes (default: all CPUs; 1 compresses in
+    this process).  ``executor``: an existing pool to use instead of
+    starting one.
+    """
+
+    def __init__(self, out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLike,
+                 bitmap2: BitmapLike, *, codec: str | Codec = "zlib", workers: int | None = None,
+                 cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None) -> None:
+        self.out = as_output(out)
+        self.meta = meta
+        self.codec = require(codec)
+        self.abi = KdumpAbi.for_elf(meta.header)
+        ps = meta.page_size
+        if ps < 1024 or ps & (ps - 1):
+            raise ValueError(f"page size {ps} is not a power of two >= 1024")
+        if meta.max_mapnr <= 0:
+            raise ValueError(f"max_mapnr {meta.max_mapnr} must be positive")
+        if cycle_pages <= 0 or cycle_pages % 8:
+            raise ValueError("cycle_pages must be a positive multiple of 8")
+        self.cycle_pages = cycle_pages
+        self.workers = workers if workers is not None else _default_workers()
+        self.executor = executor
+        self.bitmap1 = pack_bitmap(bitmap1, meta.max_mapnr)
+        self.bitmap2 = pack_bitmap(bitmap2, meta.max_mapnr)
+        if (self.bitmap2 & ~self.bitmap1).any():
+            raise ValueError("the 2nd bitmap sets pages that the 1st bitmap does not")
+        self.num_dumpable = popcount(self.bitmap2)
+        self.notes = meta.notes
+        self.sub_hdr_size = -(-(self.abi.sub_header_size + len(self.notes)) // ps)
+        self.bitmap_bytes = (meta.max_mapnr + 7) // 8
+        self.bitmap_blocks = 2 * -(-self.bitmap_bytes // ps)
+        self.bitmap_offset = (1 + self.sub_hdr_size) * ps
+        self.desc_offset = self.bitmap_offset + self.bitmap_blocks * ps
+        self.data_offset = self.desc_offset + PAGE_DESC_SIZE * self.num_dumpable
+        self.share_zero = bool(meta.dump_level & DL_EXCLUDE_ZERO)
+        self.status = self.codec.flag
+
+    # -- headers ---------------------------------------------------------------
+
+    def _vmcoreinfo_location(self) -> tuple[int, int]:
+        """(offset in the file, size) of the VMCOREINFO descriptor, or (0, 0)."""
+        try:
+            notes = parse_notes(self.notes, self.abi.endian)
+        except ValueError:
+            return 0, 0
+        for note in notes:
+            if note.name == "VMCOREINFO":
+                desc_at = note.offset + 12 + align4(len(note.raw_name))
+                return self.note_offset + desc_at, len(note.desc)
+        return 0, 0
+
+    @property
+    def note_offset(self) -> int:
+        return self.meta.page_size + self.abi.sub_header_size
+
+    def _nr_cpus(self) -> int:
+        if self.meta.nr_cpus is not None:
+            return self.meta.nr_cpus
+        try:
+            notes = parse_notes(self.notes, self.abi.endian)
+        except ValueError:
+            return 0
+        return sum(1 for n in notes if n.name == "CORE" and n.type == 1)
+
+    def header_bytes(self) -> bytes:
+        """The disk_dump_header."""
+        meta = self.meta
+        return DiskDumpHeader(KDUMP_SIGNATURE, HEADER_VERSION, meta.utsname, meta.crashtime, 0,
+                              self.status, meta.page_size, self.sub_hdr_size,
+                              self.bitmap_blocks, min(meta.max_mapnr, 0xFFFFFFFF), 0, 0, 0, 0,
+                              self._nr_cpus()).pack(self.abi)
+
+    def sub_header_bytes(self) -> bytes:
+        """The kdump_sub_header (version 6 fields; no split, no eraseinfo)."""
+        meta = self.meta
+        vmcoreinfo_at, vmcoreinfo_size = self._vmcoreinfo_location()
+        return KdumpSubHeader(
+            phys_base=meta.phys_base & ((1 << 64) - 1), dump_level=meta.dump_level,
+            offset_vmcoreinfo=vmcoreinfo_at, size_vmcoreinfo=vmcoreinfo_size,
+            offset_note=self.note_offset if self.notes else 0, size_note=len(self.notes),
+            max_mapnr_64=meta.max_mapnr).pack(self.abi)
+
+    def mark_incomplete(self) -> None:
+        """Set DUMP_DH_COMPRESSED_INCOMPLETE in the header (makedumpfile's
+        marker for a dump cut short, e.g. after :meth:`write` failed with
+        ENOSPC): the pages whose descriptors were not written read as lost."""
+        self.status |= DUMP_DH_COMPRESSED_INCOMPLETE
+        self.out.write(self.header_bytes(), 0)
+
+    def _write_metadata(self) -> None:
+        ps = self.meta.page_size
+        self.out.write(self.header_bytes(), 0)
+        self.out.write(self.sub_header_bytes() + self.notes, ps)
+        per_bitmap = self.bitmap_blocks // 2 * ps
+        for index, bitmap in enumerate((self.bitmap1, self.bitmap2)):
+            base = self.bitmap_offset + index * per_bitmap
+            chunk = 8 << 20
+            for at in range(0, per_bitmap, chunk):
+                part = bitmap[at:at + chunk].tobytes()
+                part += bytes(min(chunk, per_bitmap - at) - len(part))
+                self.out.write(part, base + at)
+
+    # -- pages -----------------------------------------------------------------
+
+    def write(self, read_pages: ReadPages,
+              progress: Callable[[int], None] | None = None) -> KdumpResult:
+        """Write the whole file; ``progress(pages_done)`` after each cycle.
+        ``read_pages`` must return whole pages (zero-filled where the source
+        has no bytes, e.g. the partial page at a segment's edge)."""
+        started = time.monotonic()
+        result = KdumpResult(workers=1)
+        self._write_metadata()
+        ps = self.meta.page_size
+        data_at = self.data_offset
+        if self.share_zero:
+            self.out.write(bytes(ps), data_at)
+            data_at += ps
+            result.data_bytes += ps
+        executor, own = self._executor()
+        if executor is not None:
+            result.workers = self.workers
+        pending: deque[_Cycle] = deque()
+        pos = 0
+        try:
+            for cycle in self._cycles(read_pages, executor):
+                pending.append(cycle)
+                while len(pending) > 2:
+                    pos, data_at = self._finish(pending.popleft(), pos, data_at, result)
+                    if progress:
+                        progress(pos)
+            while pending:
+                pos, data_at = self._finish(pending.popleft(), pos, data_at, result)
+                if progress:
+                    progress(pos)
+        finally:
+            if own and executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        result.pages = pos
+        result.size = data_at
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _executor(self) -> tuple[Executor | None, bool]:
+        if self.codec.flag == 0:
+            return None, False
+        if self.executor is not None:
+            return self.executor, False
+        if self.workers <= 1 or self.num_dumpable < 2 * TASK_PAGES:
+            return None, False
+        # fork: workers start in milliseconds and never re-import the caller's
+        # main module (spawn/forkserver would run an unguarded script again).
+        # Workers are all started before the pool's own thread exists.
+        try:
+            context = multiprocessing.get_context("fork")
+        except ValueError:
+            context = multiprocessing.get_context()
+        # a forked worker inherits unflushed standard-stream buffers and
+        # multiprocessing flushes them when it exits: with a -F stream on
+        # stdout that would duplicate bytes.  Flush here, silence there.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.flush()
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                   initializer=_quiet_worker), True
+
+    def _cycles(self, read_pages: ReadPages, executor: Executor | None) -> Iterator[_Cycle]:
+        """Read, zero-test and hand out for compression one cycle at a time.
+        All-zero pages never travel to a worker: with dump_level bit 1 they
+        get the shared descriptor, otherwise the (always identical) stored
+        form of a zero page."""
+        ps, nbits = self.meta.page_size, self.meta.max_mapnr
+        for start in range(0, nbits, self.cycle_pages):
+            end = min(nbits, start + self.cycle_pages)
+            packed = self.bitmap2[start // 8:(end + 7) // 8]
+            if not packed.any():
+                continue
+            bits = np.unpackbits(packed, bitorder="little")[:end - start].astype(np.int8)
+            edges = np.flatnonzero(np.diff(bits, prepend=0, append=0))
+            chunks = []
+            for lo, hi in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+                data = read_pages(start + lo, hi - lo)
+                if len(data) != (hi - lo) * ps:
+                    raise DumpError(None, f"reading pfns {start + lo:#x}-{start + hi - 1:#x} "
+                                          f"gave {len(data)} bytes, not {(hi - lo) * ps}")
+                chunks.append(data)
+            data = b"".join(chunks)
+            count = len(data) // ps
+            pages = np.frombuffer(data, np.uint8).reshape(count, ps)
+            zero = ~pages.view(np.uint64).any(axis=1)
+            if zero.any():
+                data = pages[~zero].tobytes()
+            yield _Cycle(count, zero, self._compress(data, executor))
+
+    def _compress(self, data: bytes, executor: Executor | None
+                  ) -> list[Future[tuple[bytes, bytes, bytes]] | tuple[bytes, bytes, bytes]]:
+        ps = self.meta.page_size
+        count = len(data) // ps
+        if self.codec.flag == 0:
+            flags = np.zeros(count, np.uint32).tobytes()
+            sizes = np.full(count, ps, np.uint32).tobytes()
+            return [(flags, sizes, data)]
+        step = TASK_PAGES * ps
+        if executor is None:
+            return [compress_pages(self.codec.name, data[at:at + step], ps)
+                    for at in range(0, len(data), step)]
+        return [executor.submit(compress_pages, self.codec.name, data[at:at + step], ps)
+                for at in range(0, len(data), step)]
+
+    def _finish(self, cycle: _Cycle, pos: int, data_at: int,
+                result: KdumpResult) -> tuple[int, int]:
+        """Write one cycle's descriptors and data; return the new position in
+        the descriptor table and the new data offset."""
+        ps = self.meta.page_size
+        flags_parts, size_parts, blobs = [], [], []
+        for part in cycle.parts:
+            flags, sizes, blob = part.result() if isinstance(part, Future) else part
+            flags_parts.append(np.frombuffer(flags, np.uint32))
+            size_parts.append(np.frombuffer(sizes, np.uint32))
+            blobs.append(blob)
+        nz_flags = np.concatenate(flags_parts) if flags_parts else np.zeros(0, np.uint32)
+        nz_sizes = np.concatenate(size_parts) if size_parts else np.zeros(0, np.uint32)
+        nz_blob = b"".join(blobs)
+        zero, stored = cycle.zero, ~cycle.zero
+        descs = np.zeros(cycle.count, PAGE_DESC_DTYPE[self.abi.endian])
+        nzero = int(zero.sum())
+        if self.share_zero:
+            flags, sizes, blob, mask = nz_flags, nz_sizes, nz_blob, stored
+            descs["offset"][zero] = self.data_offset
+            descs["size"][zero] = ps
+            result.zero_pages += nzero
+        else:
+            flags = np.empty(cycle.count, np.uint32)
+            sizes = np.empty(cycle.count, np.uint32)
+            flags[stored], sizes[stored] = nz_flags, nz_sizes
+            flags[zero], sizes[zero] = self._zero_flag, len(self._zero_stored)
+            blob = self._interleave(zero, nz_sizes, nz_blob) if nzero else nz_blob
+            mask = np.ones(cycle.count, np.bool_)
+        offsets = data_at + np.cumsum(sizes, dtype=np.int64) - sizes
+        descs["offset"][mask] = offsets
+        descs["size"][mask] = sizes
+        descs["flags"][mask] = flags
+        # data before descriptors: if the data cannot be written (ENOSPC), the
+        # cycle's descriptors stay zero, which readers take as "page lost"
+        if blob:
+            self.out.write(blob, data_at)
+        self.out.write(descs.tobytes(), self.desc_offset + PAGE_DESC_SIZE * pos)
+        ncompressed = int(np.count_nonzero(flags))
+        result.compressed_pages += ncompressed
+        result.raw_pages += len(sizes) - ncompressed
+        result.data_bytes += len(blob)
+        return pos + cycle.count, data_at + len(blob)
+
+    @property
+    def _zero_stored(self) -> bytes:
+        """How an all-zero page is stored when it is not shared."""
+        return self._zero[1]
+
+    @property
+    def _zero_flag(self) -> int:
+        return self._zero[0]
+
+    @cached_property
+    def _zero(self) -> tuple[int, bytes]:
+        return compress_page(self.codec, bytes(self.meta.page_size))
+
+    def _interleave(self, zero: np.ndarray, nz_sizes: np.ndarray, nz_blob: bytes) -> bytes:
+        """The cycle's stored bytes in pfn order: runs of other pages' data
+        from ``nz_blob`` with the stored zero page for each zero page."""
+        ends = np.cumsum(nz_sizes, dtype=np.int64)
+        edges = np.flatnonzero(np.diff(zero.astype(np.int8), prepend=-1, append=-1))
+        parts: list[bytes] = []
+        done = 0                                  # non-zero pages consumed
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+            if zero[lo]:
+                parts.append(self._zero_stored * (hi - lo))
+            else:
+                first = int(ends[done - 1]) if done else 0
+                done += hi - lo
+                parts.append(nz_blob[first:int(ends[done - 1])])
+        return b"".join(parts)
+
+
+def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLike,
+                bitmap2: BitmapLike, read_pages: ReadPages, *, codec: str | Codec = "zlib",
+                workers: int | None = None, progress: Callable[[int], None] | None = None,
+                cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None
+                ) -> KdumpResult:
+    """Write a kdump-compressed file; see :class:`KdumpWriter`."""
+    writer = KdumpWriter(out, meta, bitmap1, bitmap2, codec=codec, workers=workers,
+                         cycle_pages=cycle_pages, executor=executor)
+    return writer.write(read_pages, progress)
+
+
+__all__ = ["BitmapLike", "FdOutput", "KdumpMeta", "KdumpResult", "KdumpWriter",
+           "PositionedOutput", "ReadPages", "Utsname", "bitmap_from_segments", "get_codec",
+           "max_mapnr_of", "note_area", "pack_bitmap", "page_reader", "read_utsname",
+           "write_kdump"]

@@ -1,0 +1,143 @@
+"""``slimdump capture`` for software crashes: the filtered dump, in every
+format, read back by drgn, makedumpfile and crash; pfn for pfn the same
+selection as makedumpfile 1.7.2; bounded memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import real_vmcore, run, slimdump, tool
+from tests.mdfbitmap import read_kdump
+
+drgn = pytest.importorskip("drgn")
+PAGE = 4096
+
+
+def sample_pfns(bitmap: np.ndarray, count: int = 200) -> np.ndarray:
+    pfns = np.flatnonzero(bitmap)
+    return pfns[np.linspace(0, len(pfns) - 1, count).astype(int)]
+
+
+def assert_pages_match(dump: Path, source: Path, kept: np.ndarray,
+                       excluded: np.ndarray | None = None) -> None:
+    """drgn reads the kept pages of ``dump`` equal to ``source``'s, and
+    fails on the excluded ones."""
+    a, b = drgn.Program(), drgn.Program()
+    a.set_core_dump(str(dump))
+    b.set_core_dump(str(source))
+    for pfn in sample_pfns(kept):
+        assert a.read(int(pfn) * PAGE, PAGE, True) == b.read(int(pfn) * PAGE, PAGE, True), pfn
+    if excluded is not None and excluded.any():
+        for pfn in sample_pfns(excluded, 20):
+            with pytest.raises(drgn.FaultError):
+                a.read(int(pfn) * PAGE, PAGE, True)
+
+
+@pytest.fixture(scope="module")
+def mdf_l31(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("mdf") / "l31"
+    run(tool("makedumpfile"), "--message-level", "0", "-l", "-d", "31",
+        real_vmcore("6.1-sysrq"), out)
+    return read_kdump(out)
+
+
+@pytest.mark.parametrize("letter", ["-c", "-l", "-p", "-z", None])
+def test_kdump_compressed(letter: str | None, tmp_path: Path, mdf_l31) -> None:
+    src = real_vmcore("6.1-sysrq")
+    out = tmp_path / "dump"
+    res = slimdump("capture", *([letter] if letter else []), src, out)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:8] == b"KDUMP   "
+    ours = read_kdump(out)
+    # the same pages as makedumpfile -d 31, zero pages included (kdump format)
+    assert np.array_equal(ours.bitmap1, mdf_l31.bitmap1)
+    assert np.array_equal(ours.bitmap2, mdf_l31.bitmap2)
+    assert np.array_equal(ours.kept_with_content, mdf_l31.kept_with_content)
+    assert_pages_match(out, src, ours.kept_with_content, ours.bitmap1 & ~ours.bitmap2)
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_readers_of_our_kdump_file(tmp_path: Path) -> None:
+    src = real_vmcore("6.1-sysrq")
+    out = tmp_path / "dump"
+    assert slimdump("capture", "-c", src, out).returncode == 0
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    run(tool("makedumpfile"), "--dump-dmesg", out, a)
+    run(tool("makedumpfile"), "--dump-dmesg", src, b)
+    assert a.read_bytes() == b.read_bytes()
+    res = run(tool("crash"), "--osrelease", out)
+    assert res.stdout.strip() == "6.1.0-56-amd64"
+    # and slimdump reads its own output: dmesg and inspect
+    ours = slimdump("dmesg", out)
+    assert ours.stdout.encode() == b.read_bytes()
+    assert slimdump("inspect", out).returncode == 0
+
+
+def test_flattened_to_stdout_and_reassemble(tmp_path: Path) -> None:
+    src = real_vmcore("6.1-sysrq")
+    flat, direct = tmp_path / "flat", tmp_path / "direct"
+    with flat.open("wb") as f:
+        res = subprocess.run([sys.executable, "-m", "slimdump", "capture", "-F", "-l",
+                              str(src)], stdout=f, stderr=subprocess.PIPE, text=False)
+    assert res.returncode == 0, res.stderr
+    assert flat.read_bytes()[:12] == b"makedumpfile"
+    assert slimdump("capture", "-l", src, direct).returncode == 0
+    rebuilt = tmp_path / "rebuilt"
+    res = slimdump("reassemble", "--input", flat, rebuilt)
+    assert res.returncode == 0, res.stderr
+    assert rebuilt.read_bytes() == direct.read_bytes()
+    # makedumpfile -R agrees
+    mdf = tmp_path / "mdf"
+    with flat.open("rb") as f:
+        subprocess.run([tool("makedumpfile"), "-R", str(mdf)], stdin=f, check=True,
+                       capture_output=True)
+    assert mdf.read_bytes() == direct.read_bytes()
+
+
+def test_elf_filtered(tmp_path: Path) -> None:
+    src = real_vmcore("6.1-sysrq")
+    out, mdf = tmp_path / "elf", tmp_path / "mdf"
+    res = slimdump("capture", "-E", src, out)
+    assert res.returncode == 0, res.stderr
+    run(tool("makedumpfile"), "--message-level", "0", "-E", "-d", "31", src, mdf)
+    assert out.read_bytes() == mdf.read_bytes()
+    kdump = tmp_path / "k"
+    assert slimdump("capture", src, kdump).returncode == 0
+    assert_pages_match(out, src, read_kdump(kdump).kept_with_content)
+
+
+def test_refilter_a_saved_dump(tmp_path: Path) -> None:
+    """A kdump file saved at -d 1 re-filtered at -d 31 keeps what -d 31 keeps."""
+    src = real_vmcore("6.1-sysrq")
+    first, second, direct = tmp_path / "d1", tmp_path / "d31", tmp_path / "direct"
+    assert slimdump("capture", "-l", "-d", "1", src, first).returncode == 0
+    res = slimdump("capture", "-l", "-d", "31", first, second)
+    assert res.returncode == 0, res.stderr
+    assert slimdump("capture", "-l", "-d", "31", src, direct).returncode == 0
+    assert np.array_equal(read_kdump(second).kept_with_content,
+                          read_kdump(direct).kept_with_content)
+
+
+MEASURE = """
+import resource, subprocess, sys
+subprocess.run([sys.executable, "-m", "slimdump", *sys.argv[1:]], check=True,
+               stderr=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+@pytest.mark.parametrize("args", [["-c", "-d", "0"], ["-l", "-d", "31"]])
+def test_peak_memory_bounded(tmp_path: Path, args: list[str]) -> None:
+    """The largest resident set of capture and its compressing workers,
+    measured by a fresh parent that runs nothing else."""
+    src = real_vmcore("6.1-sysrq")
+    out = subprocess.run([sys.executable, "-c", MEASURE, "capture", *args, str(src),
+                          str(tmp_path / "dump")], capture_output=True, text=True, check=True)
+    peak_mib = int(out.stdout) / 1024
+    print(f"peak RSS of capture {' '.join(args)}: {peak_mib:.1f} MiB")
+    assert peak_mib < 128
