@@ -116,6 +116,11 @@ class ElfCore(DumpSource):
     def read_phys(self, paddr: int, size: int) -> bytes:
         """Read physical memory; NotInDump where no PT_LOAD covers it, zeros
         where a segment's p_memsz runs past its p_filesz (as ELF defines)."""
+        seg = self._segment_at(paddr)
+        if seg is not None and paddr + size <= seg.phys_start + seg.file_size:
+            # the common case: one segment, all in the file: one pread, no copy
+            return self.raw.read_at(seg.file_offset + paddr - seg.phys_start, size,
+                                    what=f"memory at {paddr:#x}")
         out = bytearray()
         addr, end = paddr, paddr + size
         while addr < end:

@@ -53,7 +53,7 @@ class RawFile:
         done = 0
         while done < size:
             try:
-                chunk = os.pread(self.fd, min(size - done, 1 << 24), offset + done)
+                chunk = os.pread(self.fd, size - done, offset + done)
             except OSError as exc:
                 raise DumpError(self.path, f"read error at offset {offset + done:#x} "
                                            f"({what}): {exc.strerror or exc}") from None
@@ -63,7 +63,7 @@ class RawFile:
             done += len(chunk)
         self.bytes_read += done
         self.reads += 1
-        data = b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if done < size and not allow_short:
             raise DumpError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
                                        f"{offset + size:#x} but the file ends at "
