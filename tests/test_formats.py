@@ -283,9 +283,9 @@ def open_kdump_segments(vm: Vm) -> list:
 def test_uncompressed_output_starts_no_pool(vm: Vm, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a process pool was started")
+        raise AssertionError("a pool was started")
 
-    monkeypatch.setattr(kdump_writer, "ProcessPoolExecutor", refuse)
+    monkeypatch.setattr(kdump_writer, "ThreadPoolExecutor", refuse)
     some = vm.half & (np.arange(len(vm.half)) < 0x20000)
     result = write_kdump_file(vm, tmp_path / "plain", some, "none", dump_level=0, workers=8)
     assert result.workers == 1 and result.compressed_pages == 0 and result.zero_pages == 0
@@ -657,8 +657,8 @@ def test_truncated_flat_kdump_is_marked(tmp_path: Path) -> None:
 
 
 def test_flat_to_stdout_with_a_pool(tmp_path: Path) -> None:
-    """-F on standard output while forked workers compress: the stream is the
-    one written to a file in one process (no byte inherited twice)."""
+    """-F on standard output while worker threads compress: the stream is the
+    one written to a file with one worker (no byte written twice)."""
     script = (
         "import sys, numpy as np\n"
         "from tests.test_formats import _synthetic_meta, _elf_header, PAGE\n"

@@ -59,6 +59,9 @@ class X86_64:
         self.levels = 5 if info.number("pgtable_l5_enabled") else 4
         self.entry_mask = ENTRY_ADDR_MASK & ~(info.number("sme_mask") or 0) & MASK64
         self._tables: dict[int, bytes] = {}
+        # the last huge page found (virtual start, size, physical start):
+        # bulk reads of vmemmap and the direct map walk once per 2 MiB / 1 GiB
+        self._huge = (1, 0, 0)
 
     def image_vtop(self, vaddr: int) -> int | None:
         """The kernel-image shortcut, or None outside the image mapping."""
@@ -79,6 +82,9 @@ class X86_64:
         direct = self.image_vtop(vaddr)
         if direct is not None:
             return direct
+        vstart, size, pstart = self._huge
+        if 0 <= vaddr - vstart < size:
+            return pstart + (vaddr - vstart)
         table = self.top_table
         shifts = _LEVEL_SHIFTS[self.levels]
         for depth, shift in enumerate(shifts):
@@ -89,6 +95,9 @@ class X86_64:
             leaf_level = len(shifts) - depth          # 1 = PTE, 2 = PMD, 3 = PUD
             if shift == 12 or (leaf_level in (2, 3) and entry & PSE):
                 size = 1 << shift
-                return (entry & self.entry_mask & ~(size - 1)) | (vaddr & (size - 1))
+                base = entry & self.entry_mask & ~(size - 1)
+                if size > 4096:
+                    self._huge = (vaddr & ~(size - 1), size, base)
+                return base | (vaddr & (size - 1))
             table = entry & self.entry_mask
         raise AssertionError("unreachable")
