@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml | apt
 setup: apt $(STAMP)
 
 # The main job: crash Debian's 6.1 kernel with a fatal machine check in QEMU,
-# capture /proc/vmcore with a real kdump kernel, then do what a kernel with the
-# NT_NOCOREDUMP patch and slimdump would: mark, capture a slimdump, inspect.
+# capture /proc/vmcore with a real kdump kernel, then let slimdump find the
+# machine check in the crashed kernel's log, save a slimdump and explain it;
+# and the same with the NT_NOCOREDUMP note a patched kernel would write.
 demo: setup
 	$(PY) -m tests.lab.vmcorelab build 6.1-mce
 	bash scripts/demo.sh $(PY)
@@ -46,7 +47,10 @@ fixtures: setup
 
 bench: setup
 	$(PY) -m tests.lab.vmcorelab build 6.1-mce 6.1-mce-4g
+	$(PY) -m tests.lab.vmcorelab build
 	$(PY) bench/slim_capture.py
+	$(PY) bench/bytes_read.py
+	$(PY) bench/filtered.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis
