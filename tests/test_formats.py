@@ -32,6 +32,7 @@ import pytest
 from slimdump.elf import EM_386, ET_CORE, ElfHeader, Note, frame_notes
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.log import extract_dmesg
+from slimdump.kernel.pages import present_range
 from slimdump.sources import ElfCore, open_dump
 from slimdump.sources.base import DumpSource
 from slimdump.sources.flat import FlatFile, FlatStream, open_flattened
@@ -46,7 +47,6 @@ from slimdump.writers.flat import FlatWriter, flat_header, reassemble
 from slimdump.writers.kdump import (
     KdumpMeta,
     KdumpResult,
-    bitmap_from_segments,
     note_area,
     page_reader,
     write_kdump,
@@ -84,7 +84,7 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
     path = real_vmcore(SRC)
     source = open_dump(path)
     meta = KdumpMeta.from_source(source, dump_level=1)
-    bitmap1 = bitmap_from_segments(source.segments, PAGE, meta.max_mapnr)
+    bitmap1 = present_range(source.segments, PAGE, 0, meta.max_mapnr)
     pfns = np.arange(meta.max_mapnr)
     half = bitmap1 & ((pfns >> 9) % 2 == 0)
     present = np.flatnonzero(bitmap1)

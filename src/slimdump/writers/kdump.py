@@ -26,7 +26,7 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,7 +36,8 @@ import numpy as np
 
 from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame_notes, parse_notes
 from slimdump.errors import DumpError, NotInDump
-from slimdump.sources.base import DumpSource, Segment
+from slimdump.kernel.pages import max_mapnr as pfn_count
+from slimdump.sources.base import DumpSource
 from slimdump.sources.kdump import (
     HEADER_VERSION,
     KDUMP_SIGNATURE,
@@ -114,24 +115,6 @@ def pack_bitmap(bitmap: BitmapLike, nbits: int) -> np.ndarray:
     if nbits % 8 and nbytes:
         out[-1] &= (1 << (nbits % 8)) - 1
     return out
-
-
-def bitmap_from_segments(segments: Sequence[Segment], page_size: int,
-                         max_mapnr: int) -> np.ndarray:
-    """makedumpfile's 1st bitmap (bool per pfn): for a segment [start, end)
-    the pfns floor(start/P) .. floor(end/P) - 1, so a leading partial page
-    counts and a trailing one does not."""
-    bits = np.zeros(max_mapnr, np.bool_)
-    for seg in segments:
-        first, end = seg.phys_start // page_size, seg.phys_end // page_size
-        bits[first:min(end, max_mapnr)] = True
-    return bits
-
-
-def max_mapnr_of(segments: Sequence[Segment], page_size: int) -> int:
-    """roundup(highest physical end, page) / page over all segments."""
-    top = max((seg.phys_end for seg in segments), default=0)
-    return (top + page_size - 1) // page_size
 
 
 def page_reader(source: DumpSource, page_size: int = 4096) -> ReadPages:
@@ -244,7 +227,7 @@ class KdumpMeta:
             phys_base = _phys_base(source, info)
         max_mapnr = getattr(source, "max_mapnr", None)
         if not isinstance(max_mapnr, int):
-            max_mapnr = max_mapnr_of(source.segments, page_size)
+            max_mapnr = pfn_count(source.segments, page_size)
         return cls(source.header, note_area(source), utsname or read_utsname(source),
                    crashtime, phys_base, dump_level, max_mapnr, page_size)
 
@@ -588,6 +571,5 @@ def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLik
 
 
 __all__ = ["BitmapLike", "FdOutput", "KdumpMeta", "KdumpResult", "KdumpWriter",
-           "PositionedOutput", "ReadPages", "Utsname", "bitmap_from_segments", "get_codec",
-           "max_mapnr_of", "note_area", "pack_bitmap", "page_reader", "read_utsname",
-           "write_kdump"]
+           "PositionedOutput", "ReadPages", "Utsname", "get_codec", "note_area",
+           "pack_bitmap", "page_reader", "read_utsname", "write_kdump"]
