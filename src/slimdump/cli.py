@@ -65,7 +65,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     d = result.decision
     for warning in d.warnings:
         print(f"slimdump: warning: {warning}", file=sys.stderr)
-    reason = f" -> {d.reason.reason}" if d.reason else ""
+    reason = f" -> {d.reason.reason}" if d.reason and d.detected_by != "kernel-note" else ""
     print(f"slimdump: {d.why}{reason}; action {d.action} ({policy.source})", file=sys.stderr)
     extra = result.extra
     if d.action in (SLIM, DMESG):
