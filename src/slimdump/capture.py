@@ -23,7 +23,6 @@ from typing import Any
 
 from slimdump import __version__
 from slimdump.errors import DumpError
-from slimdump.filtered import FLAT, DumpOptions, select_pages, write_dump
 from slimdump.kernel.log import KernelLogText, read_kernel_log
 from slimdump.notes import (
     NT_SLIMDUMP_LOG,
@@ -40,6 +39,7 @@ from slimdump.sources import DumpSource, ElfCore, open_dump
 from slimdump.triage.classify import Classification, classify
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.elfcopy import write_full_copy
+from slimdump.writers.options import FLAT, DumpOptions
 from slimdump.writers.slim import slimdump_bytes
 
 KERNEL_NOTE, KERNEL_LOG = "kernel-note", "kernel-log"
@@ -200,6 +200,8 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
         return stats.size, {"copy_method": stats.method, "data_bytes": stats.copied}
     if not source.segments:
         raise DumpError(source.path, "holds no memory to dump (is it a slimdump?)")
+    from slimdump.filtered import select_pages, write_dump  # numpy: only when filtering
+
     level = 0 if decision.action == FULL else options.dump_level
     chosen = replace(options, dump_level=level)
     selection = select_pages(source, level, poisoned)

@@ -54,7 +54,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from slimdump.capture import capture
 
     policy = Policy.load(args.policy)
-    from slimdump.filtered import DumpOptions
+    from slimdump.writers.options import DumpOptions
 
     if args.dst in (None, "-") and args.format != "flat":
         raise DumpError(None, "DST is required (only -F writes to standard output)")

@@ -38,20 +38,11 @@ from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.elf_filtered import write_filtered_elf
 from slimdump.writers.flat import FlatWriter
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
+from slimdump.writers.options import ELF, FLAT, DumpOptions
 
-KDUMP, ELF, FLAT = "kdump", "elf", "flat"
 # Pages per write cycle: 4 MiB of page data in flight per cycle keeps the
 # resident set of capture and its compressing workers well under 128 MiB.
 CYCLE_PAGES = 1024
-
-
-@dataclass(frozen=True)
-class DumpOptions:
-    """makedumpfile's output choices: -c/-l/-p/-z, -E, -F, -d."""
-
-    format: str = KDUMP          # KDUMP, ELF or FLAT
-    codec: str = "none"          # none, zlib, lzo, snappy, zstd
-    dump_level: int = 31
 
 
 # Packed bitmaps beyond this many bytes (two of them) would break the memory

@@ -13,11 +13,9 @@ import os
 from slimdump.errors import DumpError
 from slimdump.sources.base import DumpSource, Segment
 from slimdump.sources.elfcore import ElfCore
-from slimdump.sources.flat import open_flattened
-from slimdump.sources.kdump import KdumpFile
 from slimdump.sources.rawfile import RawFile
 
-__all__ = ["DumpSource", "ElfCore", "KdumpFile", "Segment", "open_dump"]
+__all__ = ["DumpSource", "ElfCore", "Segment", "open_dump"]
 
 _KDUMP_SIGNATURES = (b"KDUMP   ", b"DISKDUMP")
 _FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
@@ -30,9 +28,14 @@ def open_dump(path: str | os.PathLike[str]) -> DumpSource:
         magic = raw.read_at(0, 16, what="file signature", allow_short=True)
         if magic[:4] == b"\x7fELF":
             return ElfCore(raw)
+        # the makedumpfile formats need numpy: imported only when met
         if magic[:8] in _KDUMP_SIGNATURES:
+            from slimdump.sources.kdump import KdumpFile
+
             return KdumpFile(raw)
         if magic.startswith(_FLAT_SIGNATURE):
+            from slimdump.sources.flat import open_flattened
+
             return open_flattened(raw)
         if not magic:
             raise DumpError(path, "file is empty")

@@ -1,0 +1,21 @@
+"""What the normal dump looks like: makedumpfile's output choices.
+
+Kept apart from the writers themselves so that choosing them (the command
+line, capture's decision) imports nothing heavy: a slim capture in a small
+capture kernel never loads numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KDUMP, ELF, FLAT = "kdump", "elf", "flat"
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    """makedumpfile's output choices: -c/-l/-p/-z, -E, -F, -d."""
+
+    format: str = KDUMP          # KDUMP, ELF or FLAT
+    codec: str = "none"          # none, zlib, lzo, snappy, zstd
+    dump_level: int = 31
