@@ -25,16 +25,20 @@ EXIT_OK, EXIT_FAILED = 0, 1
 DESCRIPTION = """\
 slimdump saves and explains Linux kernel crash dumps (kdump).
 
-When the crashed kernel left an NT_NOCOREDUMP note (a hardware error: fatal
-machine check, firmware-reported fatal error, unrecoverable NMI), capture
-writes a slimdump: the ELF headers and notes (registers, VMCOREINFO, the
-reason), kilobytes, without reading the crashed kernel's memory.
+When the crash was a hardware error (fatal machine check, firmware-reported
+fatal error, unrecoverable NMI), capture writes a slimdump: the ELF headers and
+notes (registers, VMCOREINFO, the reason), kilobytes. The reason comes from
+the kernel's NT_NOCOREDUMP note, or, on stock kernels, from the crashed
+kernel's log (only the log buffer is read). Software crashes get the filtered
+dump makedumpfile would write, in its formats and with its option letters.
 """
 
 EPILOG = """\
 examples:
-  slimdump capture /proc/vmcore /var/crash/vmcore       # slimdump if the kernel said so
+  slimdump capture -l -d 31 /proc/vmcore /var/crash/vmcore  # as kdump-utils' makedumpfile
+  slimdump capture -F -c /proc/vmcore | ssh host 'cat > vmcore.flat'
   slimdump capture --full /proc/vmcore /var/crash/vmcore   # the complete dump anyway
+  slimdump dmesg /proc/vmcore /var/crash/dmesg.txt
   slimdump inspect /var/crash/vmcore                    # why did it crash?
   slimdump inspect --json /var/crash/vmcore | jq .nocoredump
   slimdump mark vmcore vmcore.mce --reason PANIC_MCE --message "Fatal local machine check"

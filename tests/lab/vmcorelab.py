@@ -381,7 +381,7 @@ echo LAB-NO-CRASH; poweroff -f
 """
 
 
-def _module_plan(kernel: Kernel) -> list[tuple[str, bytes]]:
+def _module_plan(kernel: Kernel, modules: Sequence[str] = MODULES) -> list[tuple[str, bytes]]:
     """(name, plain .ko bytes) of MODULES and their dependencies, in load order.
 
     Debian's package ships no modules.dep (depmod runs at install time), so
@@ -411,7 +411,7 @@ def _module_plan(kernel: Kernel) -> list[tuple[str, bytes]]:
             visit(dep.replace("-", "_"), mod)
         plan[mod] = blob
 
-    for mod in MODULES:
+    for mod in modules:
         visit(mod, "the lab")
     return list(plan.items())
 
@@ -448,20 +448,31 @@ def _cpio(tree: Path, out: Path) -> None:
         f.write(data)
 
 
-def build_initramfs(kernel: Kernel, mode: str, work: Path) -> Path:
-    """Write work/initrd.img (first kernel) holding work/capture.img (capture kernel)."""
+def build_initramfs(kernel: Kernel, mode: str, work: Path, *,
+                    modules: Sequence[str] = MODULES, init_text: str = INIT,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write work/initrd.img (first kernel) holding work/capture.img (capture kernel).
+
+    ``modules``, ``init_text`` and ``extra_files`` (path in the tree -> text,
+    made executable) are for run_collector; the fixtures use the defaults.
+    """
     tree = work / "root"
     for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "mnt", "lib/modules", "capture"):
         (tree / d).mkdir(parents=True, exist_ok=True)
     _copy_program("busybox", tree)
     _copy_program("kexec", tree)
-    plan = _module_plan(kernel)
+    plan = _module_plan(kernel, modules)
     for name, blob in plan:
         (tree / "lib" / "modules" / f"{name}.ko").write_bytes(blob)
     (tree / "lib" / "modules" / "order").write_text("".join(f"{n}\n" for n, _ in plan))
     init = tree / "init"
-    init.write_text(INIT.replace("@MODE@", mode).replace("@TRIGGER@", MODES[mode].trigger))
+    init.write_text(init_text.replace("@MODE@", mode).replace("@TRIGGER@", MODES[mode].trigger))
     init.chmod(0o755)
+    for rel, text in (extra_files or {}).items():
+        extra = tree / rel
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_text(text)
+        extra.chmod(0o755)
     capture = work / "capture.img"
     _cpio(tree, capture)  # the capture kernel's tree: no nested capture files
     shutil.copy(capture, tree / "capture" / "initrd.img")
@@ -514,15 +525,21 @@ _FAIL_MARKERS = {
 
 
 def _run_qemu(kernel: Kernel, initrd: Path, spec: FixtureSpec, work: Path, console: Path,
-              log: Log) -> float:
+              log: Log, *, disk: bool = True, extra_args: Sequence[str] = (),
+              done_marker: bytes = b"LAB-CAPTURE-DONE",
+              fail_markers: dict[bytes, str] | None = None) -> float:
     """Boot, crash, capture onto work/disk.raw; the serial log goes to ``console``.
 
     Returns the seconds QEMU ran.  Raises LabError (``console`` is written anyway).
+    ``disk=False``, ``extra_args``, ``done_marker`` and ``fail_markers`` are for
+    run_collector (no disk, 9p shares, its own markers).
     """
     mode = MODES[spec.mode]
-    disk = work / "disk.raw"
-    with open(disk, "wb") as f:
-        f.truncate((spec.mem_mib + 256) << 20)
+    disk_path = work / "disk.raw"
+    if disk:
+        with open(disk_path, "wb") as f:
+            f.truncate((spec.mem_mib + 256) << 20)
+    markers = {**_FAIL_MARKERS, **(fail_markers or {})}
     mon = work / "qmp.sock"
     append = f"console=ttyS0 crashkernel={spec.crashkernel_mib}M panic=1 {mode.append}".strip()
     cmd = [
@@ -530,10 +547,13 @@ def _run_qemu(kernel: Kernel, initrd: Path, spec: FixtureSpec, work: Path, conso
         "-m", str(spec.mem_mib), "-smp", str(spec.cpus),
         "-nographic", "-no-reboot",
         "-kernel", os.fspath(kernel.vmlinuz), "-initrd", os.fspath(initrd), "-append", append,
-        # zero writes become holes: the raw disk stays sparse on the host
-        "-drive", f"file={disk},format=raw,if=virtio,discard=unmap,detect-zeroes=unmap",
         "-qmp", f"unix:{mon},server=on,wait=off",
     ]
+    if disk:
+        # zero writes become holes: the raw disk stays sparse on the host
+        cmd[-2:-2] = ["-drive", f"file={disk_path},format=raw,if=virtio,discard=unmap,"
+                      "detect-zeroes=unmap"]
+    cmd += list(extra_args)
     buf = bytearray()
     t0 = time.monotonic()
     seen: set[str] = set()
@@ -584,7 +604,7 @@ def _run_qemu(kernel: Kernel, initrd: Path, spec: FixtureSpec, work: Path, conso
             if m and once("capture"):
                 log(f"capture kernel up after {time.monotonic() - t0:.0f} s, "
                     f"copying {int(m[1]) / 1e6:.0f} MB /proc/vmcore")
-            for marker, why in _FAIL_MARKERS.items():
+            for marker, why in markers.items():
                 if marker in buf:
                     failure = why
             if failure:
@@ -599,7 +619,7 @@ def _run_qemu(kernel: Kernel, initrd: Path, spec: FixtureSpec, work: Path, conso
             proc.wait()
         console.write_bytes(bytes(buf))
     seconds = time.monotonic() - t0
-    if failure is None and b"LAB-CAPTURE-DONE" not in buf:
+    if failure is None and done_marker not in buf:
         failure = f"the capture kernel did not finish (QEMU exit {proc.returncode})"
     if failure:
         raise LabError(failure, console)
@@ -752,6 +772,146 @@ def ensure(name: str, *, force: bool = False, log: Log = eprint) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- collector
+
+#: the capture kernel mounts the host's / over 9p and an overlay on it
+COLLECT_MODULES = (*MODULES, "netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "overlay")
+COLLECT_CRASHKERNEL_MIB = 256
+#: where the repo is (cwd of the command) and where {out} is, inside the chroot
+REPO = Path(__file__).resolve().parents[2]
+COLLECT_OUT = "/lab-out"
+#: files run_collector leaves in OUTDIR
+COLLECT_STDOUT = "collector.stdout"
+COLLECT_STDERR = "collector.stderr"
+COLLECT_STATUS = "collector.status"
+COLLECT_CONSOLE = "console.log"
+
+_P9 = "trans=virtio,version=9p2000.L,msize=262144"
+
+_CAPTURE_BLOCK = INIT[INIT.index("if grep -q lab_capture"):INIT.index("kexec -p ")]
+
+_COLLECT_BLOCK = rf"""if grep -q lab_capture /proc/cmdline; then
+  if [ ! -e /proc/vmcore ]; then echo LAB-CAPTURE-NO-VMCORE; poweroff -f; fi
+  echo "LAB-COLLECT: vmcore $(stat -c %s /proc/vmcore) bytes, $(grep MemFree /proc/meminfo)"
+  fail() {{ echo "LAB-COLLECT-SETUP-FAILED $1"; poweroff -f; }}
+  mkdir -p /host /upper /newroot
+  mount -t 9p -o {_P9},ro hostroot /host || fail "mount hostroot"
+  mount -t tmpfs upper /upper && mkdir -p /upper/u /upper/w || fail "tmpfs"
+  mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /newroot \
+    || fail "overlay"
+  mount -t proc proc /newroot/proc || fail proc
+  mount -t devtmpfs dev /newroot/dev || fail devtmpfs
+  mount -t sysfs sys /newroot/sys || fail sysfs
+  mkdir -p /newroot{COLLECT_OUT} /newroot/tmp
+  mount -t 9p -o {_P9} out /newroot{COLLECT_OUT} || fail "mount out"
+  cp /collect.sh /newroot/lab-collect.sh || fail "copy collect.sh"
+  echo LAB-COLLECT-START
+  chroot /newroot /bin/sh /lab-collect.sh </dev/null \
+    >/newroot{COLLECT_OUT}/{COLLECT_STDOUT} 2>/newroot{COLLECT_OUT}/{COLLECT_STDERR}
+  rc=$?
+  echo $rc > /newroot{COLLECT_OUT}/{COLLECT_STATUS}
+  sync
+  echo "LAB-COLLECT-EXIT $rc, $(grep MemFree /proc/meminfo)"
+  umount /newroot{COLLECT_OUT}
+  echo LAB-COLLECT-DONE; poweroff -f
+fi
+"""
+
+COLLECT_INIT = INIT.replace(_CAPTURE_BLOCK, _COLLECT_BLOCK)
+
+_COLLECT_FAIL_MARKERS = {
+    b"LAB-COLLECT-SETUP-FAILED": "setting up the chroot in the capture kernel failed",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectorResult:
+    """What a command run inside the capture kernel did."""
+
+    returncode: int  # the command's exit status inside the capture kernel
+    stdout: Path  # its stdout, captured in OUTDIR
+    stderr: Path  # its stderr, captured in OUTDIR
+    console_log: Path  # both kernels' serial console
+    seconds: float  # QEMU's run time, boot to poweroff
+    vmcore_bytes: int | None  # the size of /proc/vmcore, as the capture kernel saw it
+    kernel_release: str
+
+
+def _collect_script(command: Sequence[str]) -> str:
+    import shlex
+
+    args = [c.replace("{vmcore}", "/proc/vmcore").replace("{out}", COLLECT_OUT)
+            for c in command]
+    path = ":".join([os.path.dirname(sys.executable), "/usr/local/sbin", "/usr/local/bin",
+                     "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+    return "\n".join([
+        f"cd {shlex.quote(os.fspath(REPO))} || exit 125",
+        f"export PATH={shlex.quote(path)}",
+        "export PYTHONPATH=" + shlex.quote(f"{REPO / 'src'}:{REPO}"),
+        "export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 TMPDIR=/tmp",
+        f"exec {shlex.join(args)}",
+        "",
+    ])
+
+
+def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, *,
+                  mem_mib: int = DEFAULT_MEM_MIB, cpus: int = DEFAULT_CPUS,
+                  timeout_s: int = DEFAULT_TIMEOUT_S, log: Log = eprint) -> CollectorResult:
+    """Crash a kernel as the fixtures do, then run ``command`` in the capture kernel.
+
+    The capture kernel mounts the host's / read-only over 9p under a tmpfs
+    overlay and chroots into it, so the host's own Python and this repo are
+    there.  ``command`` runs with cwd = the repo and PYTHONPATH = src; in it
+    ``{vmcore}`` is /proc/vmcore and ``{out}`` a writable 9p share of OUTDIR.
+    OUTDIR gets collector.stdout, collector.stderr, collector.status (the exit
+    status) and console.log.  Raises LabError if the command could not be run.
+    """
+    if mode not in MODES:
+        raise LabError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    missing = have_tools()
+    if missing:
+        raise LabError(f"missing host tools: {', '.join(missing)} "
+                       "(python -m tests.lab.vmcorelab setup)")
+    if not command:
+        raise LabError("no command to run")
+    outdir = Path(outdir).absolute()
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name in (COLLECT_STDOUT, COLLECT_STDERR, COLLECT_STATUS):
+        with contextlib.suppress(FileNotFoundError):
+            (outdir / name).unlink()
+    spec = FixtureSpec(series, mode, mem_mib=mem_mib, cpus=cpus,
+                       crashkernel_mib=COLLECT_CRASHKERNEL_MIB, timeout_s=timeout_s)
+    kernel = fetch_kernel(series, log)
+    console = outdir / COLLECT_CONSOLE
+    with tempfile.TemporaryDirectory(prefix="vmcorelab-collect-") as tmp:
+        work = Path(tmp)
+        initrd = build_initramfs(kernel, mode, work, modules=COLLECT_MODULES,
+                                 init_text=COLLECT_INIT,
+                                 extra_files={"collect.sh": _collect_script(command)})
+        extra = [
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
+                       "multidevs=remap",
+            "-virtfs", f"local,path={outdir},mount_tag=out,security_model=none",
+        ]
+        seconds = _run_qemu(kernel, initrd, spec, work, console, log, disk=False,
+                            extra_args=extra, done_marker=b"LAB-COLLECT-DONE",
+                            fail_markers=_COLLECT_FAIL_MARKERS)
+    text = console.read_bytes()
+    status = outdir / COLLECT_STATUS
+    if not status.is_file():
+        raise LabError(f"the command's exit status was not written to {status}", console)
+    m = re.search(rb"LAB-COLLECT: vmcore (\d+) bytes", text)
+    result = CollectorResult(
+        returncode=int(status.read_text().strip()),
+        stdout=outdir / COLLECT_STDOUT, stderr=outdir / COLLECT_STDERR,
+        console_log=console, seconds=seconds,
+        vmcore_bytes=int(m[1]) if m else None, kernel_release=kernel.release,
+    )
+    log(f"command exited {result.returncode} in the capture kernel, QEMU ran "
+        f"{seconds:.0f} s")
+    return result
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -831,6 +991,17 @@ def _cmd_make(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_collect(a: argparse.Namespace) -> int:
+    command = list(a.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    r = run_collector(a.kernel, a.mode, command, Path(a.out), mem_mib=a.mem, cpus=a.cpus,
+                      timeout_s=a.timeout)
+    print(f"exit {r.returncode}, {r.seconds:.0f} s; stdout {r.stdout}, stderr {r.stderr}, "
+          f"console {r.console_log}")
+    return 0 if r.returncode == 0 else 1
+
+
 def _epilog() -> str:
     rows = ["fixtures (name: kernel series, mode, guest memory, CPUs, crashkernel):"]
     for name, s in FIXTURES.items():
@@ -846,6 +1017,8 @@ def _epilog() -> str:
         "  python -m tests.lab.vmcorelab path 6.1-mce",
         "  python -m tests.lab.vmcorelab make --kernel 6.12 --mode nmi --mem 1024 --cpus 4 "
         "--out /tmp/x.vmcore",
+        "  python -m tests.lab.vmcorelab collect --kernel 6.1 --mode mce --out /tmp/o -- "
+        "python -m slimdump capture {vmcore} {out}/dump",
     ]
     return "\n".join(rows)
 
@@ -880,6 +1053,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="give up after S seconds (default 600, 1800 above 2 GiB)")
     m.add_argument("--out", required=True, metavar="FILE")
     m.set_defaults(fn=_cmd_make)
+    c = sub.add_parser("collect", help="crash a kernel, run COMMAND in its capture kernel "
+                       "({vmcore}: /proc/vmcore, {out}: OUT)")
+    c.add_argument("--kernel", default="6.1", metavar="SERIES", help="Debian series: 6.1, 6.12")
+    c.add_argument("--mode", default="sysrq", choices=MODES)
+    c.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MIB")
+    c.add_argument("--cpus", type=int, default=DEFAULT_CPUS, metavar="N")
+    c.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S, metavar="S")
+    c.add_argument("--out", required=True, metavar="DIR",
+                   help="host directory shared writable as {out}")
+    c.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    c.set_defaults(fn=_cmd_collect)
     a = ap.parse_args(argv)
     try:
         return int(a.fn(a))
