@@ -180,13 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     cap = sub.add_parser(
         "capture", help="save a dump: a slimdump when the kernel left NT_NOCOREDUMP",
-        description="Read SRC (/proc/vmcore or a saved ELF vmcore) and write DST. With an "
+        description="Read SRC (/proc/vmcore, an ELF vmcore, a kdump-compressed or flattened "
+                    "dump) and write DST. With an "
                     "NT_NOCOREDUMP note the kernel's reason counts and nothing of its memory is "
                     "read. Without one, capture reads the crashed kernel's log buffer (only its "
                     "pages) and classifies the panic: a fatal machine check, a fatal firmware "
                     "(GHES) error or an unrecoverable NMI is a hardware crash. The policy maps "
                     "the reason to an action: slim (ELF headers + notes), dmesg (slimdump + "
-                    "the log), full or normal (today: the complete dump, a byte-exact copy). "
+                    "the log), normal (the filtered dump: format and level below) or full (the "
+                    "complete dump: a byte-exact copy; for a machine check, every page but its "
+                    "ADDR page). "
                     "Defaults: PANIC_MCE, PANIC_GHES, PANIC_NMI -> slim, anything else -> "
                     "normal. If the log cannot be read, the normal dump is saved. DST is "
                     "written under a temporary name, fsynced and renamed; mode 0600.")

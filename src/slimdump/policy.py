@@ -4,9 +4,10 @@ Actions:
 
 ``slim``    a slimdump (headers and notes, nothing of memory)
 ``dmesg``   a slimdump that also carries the crashed kernel's log
-``full``    the complete dump, whatever the reason
-``normal``  the dump slimdump saves for software crashes (today the complete
-            copy; filtered dumps come later)
+``full``    the complete dump, whatever the reason (for a machine check, every
+            page but the one at its ADDR)
+``normal``  the filtered dump for software crashes (makedumpfile's dump levels
+            and formats)
 
 The TOML file (``--policy FILE``, default ``/etc/slimdump.toml`` when it
 exists) maps reason codes to actions in an ``[actions]`` table; ``default``
