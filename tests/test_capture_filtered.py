@@ -121,6 +121,14 @@ def test_refilter_a_saved_dump(tmp_path: Path) -> None:
     assert slimdump("capture", "-l", "-d", "31", src, direct).returncode == 0
     assert np.array_equal(read_kdump(second).kept_with_content,
                           read_kdump(direct).kept_with_content)
+    # and the other way: a -d 31 dump re-filtered at -d 1 (or taken --full)
+    # keeps its level, as makedumpfile ORs the old dump level into the new
+    for args in (["-d", "1"], ["--full"]):
+        again = tmp_path / f"again{len(args[0])}"
+        res = slimdump("capture", "-l", *args, direct, again)
+        assert res.returncode == 0, res.stderr
+        assert read_kdump(again).dump_level == 31
+        assert np.array_equal(read_kdump(again).bitmap2, read_kdump(direct).bitmap2)
 
 
 MEASURE = """

@@ -193,8 +193,9 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     in the chosen format.
     """
     poisoned = machine_check_pfns(decision) if decision.reason else []
-    if decision.action == FULL and not poisoned and options.format != FLAT:
-        if not isinstance(source, ElfCore) or not source.segments:
+    byte_copy = isinstance(source, ElfCore) and not poisoned and options.format != FLAT
+    if decision.action == FULL and byte_copy:
+        if not source.segments:
             raise DumpError(source.path, "holds no memory to copy (is it a slimdump?)")
         stats = write_full_copy(source, _dst(dst), overwrite=overwrite, progress=progress)
         return stats.size, {"copy_method": stats.method, "data_bytes": stats.copied}
@@ -202,7 +203,9 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
         raise DumpError(source.path, "holds no memory to dump (is it a slimdump?)")
     from slimdump.filtered import select_pages, write_dump  # numpy: only when filtering
 
-    level = 0 if decision.action == FULL else options.dump_level
+    # re-filtering a saved dump: its dump level still holds (as makedumpfile ORs it)
+    level = (0 if decision.action == FULL else options.dump_level) | (
+        getattr(source, "dump_level", 0) or 0)
     chosen = replace(options, dump_level=level)
     selection = select_pages(source, level, poisoned)
     extra_notes = []

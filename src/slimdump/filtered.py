@@ -90,6 +90,7 @@ def select_pages(source: DumpSource, dump_level: int,
             selection.warnings.append(f"cannot classify pages ({exc.problem}); keeping "
                                       f"every page (dump level {dump_level & DL_ZERO})")
     counts = ExclusionCounts()
+    dumped = getattr(source, "bitmap2", None)     # a kdump-compressed source's own choice
     for start, end in cycles(0, nr):
         present = present_range(source.segments, page_size, start, end)
         keep = present
@@ -103,6 +104,9 @@ def select_pages(source: DumpSource, dump_level: int,
             else:
                 keep = present & ~classes.excluded
                 counts.add(classes.counts)
+        if dumped is not None:   # re-filtering a saved dump: what it left out stays out
+            keep = keep & np.unpackbits(dumped[start // 8:(end + 7) // 8],
+                                        bitorder="little")[:end - start].astype(bool)
         bitmap1[start // 8:(end + 7) // 8] = np.packbits(present, bitorder="little")
         bitmap2[start // 8:(end + 7) // 8] = np.packbits(keep, bitorder="little")
     selection.counts = counts.as_dict() if classifier is not None else {}
