@@ -45,6 +45,18 @@ def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         pos = hole
 
 
+def _knows_holes(fd: int) -> bool:
+    """Whether the file system stores this file and can say where its holes
+    are.  /proc/vmcore answers SEEK_DATA (the generic llseek calls it all
+    data) but occupies no blocks: its zero pages are only found by reading."""
+    try:
+        st = os.fstat(fd)
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        return exc.errno == errno.ENXIO       # a file that is one hole
+    return st.st_blocks > 0 or st.st_size == 0
+
+
 class RangeCopier:
     """Copies ranges from one fd to another, remembering which kernel path
     works so that a failing one is tried once only."""
@@ -54,7 +66,10 @@ class RangeCopier:
         self.src_fd, self.dst_fd = src_fd, dst_fd
         self.src_name, self.dst_name = src_name, dst_name
         self.on_progress = on_progress or (lambda n: None)
-        self.method = "copy_file_range"
+        # A file that cannot say where its holes are (/proc/vmcore) is read
+        # and written here, skipping all-zero blocks, so the copy stays
+        # sparse; copy_file_range and sendfile would write every zero.
+        self.method = "copy_file_range" if _knows_holes(src_fd) else "read/write"
         self.copied = 0      # data bytes moved
         self.done = 0        # bytes of source ranges covered, holes included
 
