@@ -26,15 +26,21 @@ def real_vmcore(name: str) -> Path:
     path = vmcorelab.fixture_path(name)
     if path.exists():
         return path
+    require_lab(f"vmcore fixture {name} not built and not building")
+    return vmcorelab.ensure(name, log=lambda m: print(m, file=sys.stderr))
+
+
+def require_lab(what: str) -> None:
+    """Skip (fail under SLIMDUMP_REQUIRE_VMCORES=1) when QEMU and the lab's
+    tools are missing or SLIMDUMP_LAB_NO_BUILD=1 asks not to run them."""
     missing = vmcorelab.have_tools()
     if os.environ.get("SLIMDUMP_LAB_NO_BUILD") == "1":
         missing.append("(SLIMDUMP_LAB_NO_BUILD=1)")
     if missing:
-        message = f"vmcore fixture {name} not built and not building: {', '.join(missing)}"
+        message = f"{what}: {', '.join(missing)}"
         if os.environ.get("SLIMDUMP_REQUIRE_VMCORES") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    return vmcorelab.ensure(name, log=lambda m: print(m, file=sys.stderr))
 
 
 @pytest.fixture(params=REAL)

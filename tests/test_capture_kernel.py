@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from slimdump.elf import ElfHeader, ProgramHeader, parse_notes
-from tests.conftest import run, tool
+from tests.conftest import require_lab, run, tool
 from tests.lab import vmcorelab
 from tests.oracles import eu_readelf_notes, readelf_segment_types
 
@@ -27,14 +27,7 @@ SLIMDUMP_META = 0x534C0001  # the SLIMDUMP metadata note's type
 
 
 def collect(mode: str, command: list[str], outdir: Path) -> vmcorelab.CollectorResult:
-    missing = vmcorelab.have_tools()
-    if os.environ.get("SLIMDUMP_LAB_NO_BUILD") == "1":
-        missing.append("(SLIMDUMP_LAB_NO_BUILD=1)")
-    if missing:
-        message = f"cannot run a capture kernel: {', '.join(missing)}"
-        if os.environ.get("SLIMDUMP_REQUIRE_VMCORES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_lab("cannot run a capture kernel")
     result = vmcorelab.run_collector("6.1", mode, command, outdir, timeout_s=300,
                                      log=lambda m: print(m, flush=True))
     stderr = result.stderr.read_text(errors="replace")

@@ -12,7 +12,6 @@ because filtering failed.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -171,10 +170,7 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
     else:
         with AtomicOutput(_require(dst), overwrite=overwrite) as out:
             result = run(out)
-            try:
-                os.ftruncate(out.fd, result.size)
-            except OSError as exc:
-                raise DumpError(dst, f"cannot set size: {exc.strerror or exc}") from None
+            out.set_size(result.size)
             out.commit()
     bar.finish()
     return DumpResult(result.size, result.pages, result.seconds,

@@ -51,6 +51,13 @@ class AtomicOutput:
         except OSError as exc:
             raise DumpError(self.dst, f"write failed: {exc.strerror or exc}") from None
 
+    def set_size(self, size: int) -> None:
+        """Make the file ``size`` bytes long (a trailing hole stays a hole)."""
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise DumpError(self.dst, f"cannot set size: {exc.strerror or exc}") from None
+
     def commit(self) -> None:
         try:
             os.fsync(self.fd)

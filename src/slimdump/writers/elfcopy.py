@@ -7,7 +7,6 @@ This is the "option to collect the complete vmcore" of the 2011 proposal:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from slimdump.errors import DumpError
@@ -35,10 +34,7 @@ def write_full_copy(source: ElfCore, dst: str, *, overwrite: bool = False,
     with AtomicOutput(dst, overwrite=overwrite) as out:
         copier = RangeCopier(source.raw.fd, out.fd, source.path, dst, bar.update)
         copier.copy(0, 0, source.size)
-        try:
-            os.ftruncate(out.fd, source.size)
-        except OSError as exc:
-            raise DumpError(dst, f"cannot set size: {exc.strerror or exc}") from None
+        out.set_size(source.size)
         out.commit()
     bar.finish()
     return CopyStats(source.size, copier.copied, copier.method)

@@ -9,7 +9,6 @@ segment data keeps its page alignment, and the program headers say so.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 from slimdump.elf import Note
@@ -57,10 +56,7 @@ def write_marked(source: ElfCore, dst: str, note: Note, *, overwrite: bool = Fal
         copier = RangeCopier(source.raw.fd, out.fd, source.path, dst, bar.update)
         copier.copy(0, 0, insert_at)
         copier.copy(insert_at, insert_at + shift, source.size - insert_at)
-        try:
-            os.ftruncate(out.fd, size)
-        except OSError as exc:
-            raise DumpError(dst, f"cannot set size: {exc.strerror or exc}") from None
+        out.set_size(size)
         out.write(new_hdr.pack(), 0)
         out.write(table, new_hdr.e_phoff)
         out.write(framed, insert_at)
