@@ -39,7 +39,7 @@ from slimdump.sources import DumpSource, ElfCore, open_dump
 from slimdump.triage.classify import Classification, classify
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.elfcopy import write_full_copy
-from slimdump.writers.options import FLAT, DumpOptions
+from slimdump.writers.options import FLAT, DumpOptions, output_path
 from slimdump.writers.slim import slimdump_bytes
 
 KERNEL_NOTE, KERNEL_LOG = "kernel-note", "kernel-log"
@@ -197,7 +197,7 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     if decision.action == FULL and byte_copy:
         if not source.segments:
             raise DumpError(source.path, "holds no memory to copy (is it a slimdump?)")
-        stats = write_full_copy(source, _dst(dst), overwrite=overwrite, progress=progress)
+        stats = write_full_copy(source, output_path(dst), overwrite=overwrite, progress=progress)
         return stats.size, {"copy_method": stats.method, "data_bytes": stats.copied}
     if not source.segments:
         raise DumpError(source.path, "holds no memory to dump (is it a slimdump?)")
@@ -223,12 +223,6 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     return result.size, details
 
 
-def _dst(dst: str | None) -> str:
-    if dst in (None, "-"):
-        raise DumpError(None, "only a flattened dump (-F) can go to standard output")
-    return dst
-
-
 def dmesg_path(dst: str) -> str:
     """Where ``--dump-dmesg`` puts the log: beside the dump."""
     return dst + ".dmesg.txt"
@@ -245,13 +239,13 @@ def capture(src: str, dst: str | None, *, full: bool = False, overwrite: bool = 
         decision = decide(source, policy, full=full, want_log=dump_dmesg)
         extra: dict[str, Any] = {}
         if dump_dmesg and decision.log is not None:
-            path = dmesg_path(_dst(dst))
+            path = dmesg_path(output_path(dst))
             with AtomicOutput(path, overwrite=overwrite) as out:
                 out.write(decision.log.data, 0)
                 out.commit()
             extra["dmesg"] = path
         if decision.writes_slimdump:
-            size = write_slimdump(source, decision, _dst(dst), overwrite=overwrite)
+            size = write_slimdump(source, decision, output_path(dst), overwrite=overwrite)
         else:
             size, details = write_normal_or_full(source, decision, dst, options,
                                                  overwrite=overwrite, progress=progress)

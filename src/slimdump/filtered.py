@@ -37,7 +37,7 @@ from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.elf_filtered import write_filtered_elf
 from slimdump.writers.flat import FlatWriter
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
-from slimdump.writers.options import ELF, FLAT, DumpOptions
+from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
 
 # Pages per write cycle: 4 MiB of page data in flight per cycle keeps the
 # resident set of capture and its compressing workers well under 128 MiB.
@@ -134,7 +134,7 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
     total = selection.dumpable_pages
     if options.format == ELF:
         bar = Progress(total * selection.page_size, "Copying data", enabled=progress)
-        with AtomicOutput(_require(dst), overwrite=overwrite) as out:
+        with AtomicOutput(output_path(dst), overwrite=overwrite) as out:
             result = write_filtered_elf(
                 out, source.header, notes, source.segments, selection.bitmap2, read_pages,
                 page_size=selection.page_size, exclude_zero=bool(options.dump_level & DL_ZERO),
@@ -168,7 +168,7 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
                 flat.finish()
                 out.commit()
     else:
-        with AtomicOutput(_require(dst), overwrite=overwrite) as out:
+        with AtomicOutput(output_path(dst), overwrite=overwrite) as out:
             result = run(out)
             out.set_size(result.size)
             out.commit()
@@ -176,9 +176,3 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
     return DumpResult(result.size, result.pages, result.seconds,
                       {"zero_pages": result.zero_pages, "compressed": result.compressed_pages,
                        "raw": result.raw_pages, "workers": result.workers})
-
-
-def _require(dst: str | None) -> str:
-    if dst in (None, "-"):
-        raise DumpError(None, "only a flattened dump (-F) can go to standard output")
-    return dst

@@ -31,6 +31,18 @@ MASK64 = (1 << 64) - 1
 _LEVEL_SHIFTS = {4: (39, 30, 21, 12), 5: (48, 39, 30, 21, 12)}
 
 
+def find_phys_base(info: VmcoreInfo | None, segments: list[Segment]) -> int | None:
+    """NUMBER(phys_base), or makedumpfile's fallback: the kernel-image
+    PT_LOAD's p_paddr - (p_vaddr - __START_KERNEL_map).  None if neither."""
+    value = info.number("phys_base") if info is not None else None
+    if value is not None:
+        return value
+    for seg in segments:
+        if seg.virt_start >= START_KERNEL_MAP:
+            return seg.phys_start - (seg.virt_start - START_KERNEL_MAP)
+    return None
+
+
 class X86_64:
     """Translation rules for one x86_64 kernel."""
 
@@ -38,12 +50,7 @@ class X86_64:
         from slimdump.kernel.memory import KernelViewError
 
         self.mem = mem
-        phys_base = info.number("phys_base")
-        if phys_base is None:
-            # makedumpfile's fallback: the kernel-image PT_LOAD tells it
-            image = [s for s in segments if s.virt_start >= START_KERNEL_MAP]
-            if image:
-                phys_base = image[0].phys_start - (image[0].virt_start - START_KERNEL_MAP)
+        phys_base = find_phys_base(info, segments)
         if phys_base is None:
             raise KernelViewError(mem.path, "VMCOREINFO has no NUMBER(phys_base) and no "
                                             "kernel-image segment tells it")

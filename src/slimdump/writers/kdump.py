@@ -37,6 +37,7 @@ import numpy as np
 from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame_notes, parse_notes
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.pages import max_mapnr as pfn_count
+from slimdump.kernel.x86_64 import find_phys_base
 from slimdump.sources.base import DumpSource
 from slimdump.sources.kdump import (
     HEADER_VERSION,
@@ -61,7 +62,6 @@ from slimdump.writers.codecs import (
 DL_EXCLUDE_ZERO = 1
 CYCLE_PAGES = 4096           # pfns per cycle: bounds memory to a few cycles of page data
 TASK_PAGES = 256             # pages per unit of work sent to a worker process
-START_KERNEL_MAP = 0xFFFFFFFF80000000
 IN_PROCESS_CODECS = frozenset({"lzo", "snappy"})
 
 ReadPages = Callable[[int, int], bytes]
@@ -238,12 +238,7 @@ def _phys_base(source: DumpSource, info: object) -> int:
     number = getattr(info, "number", None)
     machine = source.header.e_machine
     if machine == EM_X86_64:
-        value = number("phys_base") if number else None
-        if value is not None:
-            return value
-        for seg in source.segments:
-            if seg.virt_start >= START_KERNEL_MAP:
-                return seg.phys_start - (seg.virt_start - START_KERNEL_MAP)
+        return find_phys_base(info, source.segments) or 0
     if machine == EM_AARCH64 and number:
         return number("PHYS_OFFSET") or 0
     return 0

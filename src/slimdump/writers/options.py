@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slimdump.errors import DumpError
+
 KDUMP, ELF, FLAT = "kdump", "elf", "flat"
 
 
@@ -19,3 +21,10 @@ class DumpOptions:
     format: str = KDUMP          # KDUMP, ELF or FLAT
     codec: str = "none"          # none, zlib, lzo, snappy, zstd
     dump_level: int = 31
+
+
+def output_path(dst: str | None) -> str:
+    """``dst`` as a file name; None or "-" (standard output) is only for -F."""
+    if dst in (None, "-"):
+        raise DumpError(None, "only a flattened dump (-F) can go to standard output")
+    return dst
