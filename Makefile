@@ -5,13 +5,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile crash \
                 elfutils binutils zstd \
-                liblzo2-dev gcc
+                liblzo2-dev zlib1g-dev gcc
 
 .PHONY: apt setup demo test lint fixtures bench clean
 
 STAMP  := $(VENV)/.installed
 
-# Debian packages first: python-lzo builds against liblzo2-dev.
+# Debian packages first: python-lzo and slimdump's C packer build against
+# liblzo2-dev and zlib1g-dev.
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -20,10 +21,11 @@ apt:
 	    --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml | apt
+$(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c | apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c 'import slimdump.writers._pagepack'   # the C packer must have built
 	touch $(STAMP)
 
 setup: apt $(STAMP)

@@ -20,6 +20,8 @@ process, workers included).  Warm page cache for both.  Run by hand:
 from __future__ import annotations
 
 import argparse
+import compileall
+import os
 import shutil
 import statistics
 import subprocess
@@ -67,8 +69,15 @@ def main() -> int:
     policy = work / "policy.toml"
     policy.write_text('[actions]\nPANIC_MCE = "normal"\nPANIC_NMI = "normal"\n')
     zstd = has_zstd()
+    # measure slimdump as installed: byte-compiled (pip does that; this
+    # environment may set PYTHONDONTWRITEBYTECODE) and with its C packer
+    compileall.compile_dir(ROOT / "src" / "slimdump", quiet=1)
+    from slimdump.writers.codecs import NATIVE_PACK
+
     print(f"slimdump capture vs makedumpfile, median of {args.runs} alternating runs, warm "
-          f"page cache; makedumpfile zstd: {'yes' if zstd else 'no (1.7.2 build)'}")
+          f"page cache, {os.cpu_count()} CPUs; C packer: "
+          f"{'built' if NATIVE_PACK else 'NOT BUILT (pure Python)'}; "
+          f"makedumpfile zstd: {'yes' if zstd else 'no (1.7.2 build)'}")
     print(f"{'vmcore':<11} {'options':<10} {'slimdump':>9} {'mdf':>8} {'ratio':>7} "
           f"{'slim out':>9} {'mdf out':>9} {'slim RSS':>9} {'mdf RSS':>8}")
     try:

@@ -280,15 +280,66 @@ def open_kdump_segments(vm: Vm) -> list:
             for a, b in zip(edges[0::2], edges[1::2], strict=True)]
 
 
-def test_uncompressed_output_starts_no_pool(vm: Vm, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a pool was started")
-
-    monkeypatch.setattr(kdump_writer, "ThreadPoolExecutor", refuse)
+@pytest.mark.parametrize("codec", ["none", "zlib", "lzo", "snappy", "zstd"])
+def test_output_independent_of_threads_and_packer(vm: Vm, tmp_path: Path, codec: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker threads and the C packer change only the speed: 2 workers, 1
+    worker and the pure-Python packer write the same file."""
     some = vm.half & (np.arange(len(vm.half)) < 0x20000)
-    result = write_kdump_file(vm, tmp_path / "plain", some, "none", dump_level=0, workers=8)
-    assert result.workers == 1 and result.compressed_pages == 0 and result.zero_pages == 0
+    threaded, single, python = (tmp_path / name for name in ("threaded", "single", "python"))
+    assert write_kdump_file(vm, threaded, some, codec, workers=2).workers == 2
+    assert write_kdump_file(vm, single, some, codec, workers=1).workers == 1
+    monkeypatch.setattr(codecs, "NATIVE_PACK", None)
+    write_kdump_file(vm, python, some, codec, workers=2)
+    assert filecmp.cmp(threaded, single, shallow=False)
+    assert filecmp.cmp(threaded, python, shallow=False)
+
+
+def test_native_packer_built() -> None:
+    """CI builds the C packer (make setup installs gcc and liblzo2-dev); a
+    silent fallback to Python would only show as a slow benchmark."""
+    if codecs.NATIVE_PACK is None:
+        if os.environ.get("SLIMDUMP_REQUIRE_VMCORES") == "1":
+            pytest.fail("slimdump.writers._pagepack was not built")
+        pytest.skip("the C packer is not built here")
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+@pytest.mark.parametrize("codec", ["none", "zlib", "lzo"])
+def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
+    """The C packer's zero test, flags, sizes and bytes equal the Python
+    path's (which test_kdump_codecs holds to makedumpfile and drgn): real
+    memory, zero pages, incompressible pages, and a page that is zero but
+    for its last byte."""
+    if codecs.NATIVE_PACK is None:
+        pytest.skip("the C packer is not built here")
+    real = vm.source.read_phys(0x1000000, 64 * 4096)
+    almost = bytearray(page_size)
+    almost[-1] = 1
+    data = (real[:32 * 4096] + bytes(3 * page_size) + os.urandom(2 * page_size)
+            + bytes(almost) + real[32 * 4096:])
+    data = data[:len(data) // page_size * page_size]
+    found = codecs.get_codec(codec)
+    native = codecs.NATIVE_PACK(data, page_size, found.flag)
+    python = codecs.pack_pages_python(found, data, page_size)
+    assert native == python
+    zero = np.frombuffer(native[0], np.uint8)
+    assert zero.sum() >= 3 and len(zero) == len(data) // page_size
+    if codec != "none":
+        flags = np.frombuffer(native[1], np.uint32)
+        assert (flags == 0).sum() >= 2 and (flags == found.flag).any()
+    # an unaligned view reads the same
+    odd = memoryview(b"x" + data)[1:]
+    assert codecs.NATIVE_PACK(odd, page_size, found.flag) == native
+
+
+@pytest.mark.parametrize("bad", [(b"x" * 4095, 4096, 0), (bytes(4096), 3000, 0),
+                                 (bytes(4096), 4096, 0x4)])
+def test_native_pack_refuses(bad: tuple[bytes, int, int]) -> None:
+    if codecs.NATIVE_PACK is None:
+        pytest.skip("the C packer is not built here")
+    with pytest.raises(ValueError):
+        codecs.NATIVE_PACK(*bad)
 
 
 # -- flattened --------------------------------------------------------------------

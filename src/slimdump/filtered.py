@@ -34,8 +34,6 @@ from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.progress import Progress
 from slimdump.sources.base import DumpSource
 from slimdump.writers.atomic import AtomicOutput
-from slimdump.writers.elf_filtered import write_filtered_elf
-from slimdump.writers.flat import FlatWriter
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
 from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
 
@@ -133,6 +131,8 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
     read_pages = page_reader(source, selection.page_size)
     total = selection.dumpable_pages
     if options.format == ELF:
+        from slimdump.writers.elf_filtered import write_filtered_elf
+
         bar = Progress(total * selection.page_size, "Copying data", enabled=progress)
         with AtomicOutput(output_path(dst), overwrite=overwrite) as out:
             result = write_filtered_elf(
@@ -157,6 +157,8 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
         return writer.write(read_pages, bar_update)
 
     if options.format == FLAT:
+        from slimdump.writers.flat import FlatWriter
+
         if dst in (None, "-"):
             flat = FlatWriter(sys.stdout.buffer)
             result = run(flat)

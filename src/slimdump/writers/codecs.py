@@ -163,18 +163,17 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
     return page
 
 
-# -- batch compression, the unit of work of the writer's process pool --------
+# -- batch compression, the unit of work of the writer's threads ------------
 
 _ZERO_CACHE: dict[tuple[str, int], bytes] = {}
 
 
 def compress_pages(codec_name: str, data: bytes, page_size: int) -> tuple[bytes, bytes, bytes]:
-    """Compress ``len(data) // page_size`` consecutive pages.
+    """Compress ``len(data) // page_size`` consecutive pages, in Python.
 
     Returns ``(flags, sizes, blob)``: the flags and stored sizes as native
     uint32 arrays (``array('I')`` bytes) and the stored bytes of all pages
-    back to back.  Runs in worker processes, so it takes and returns only
-    plain bytes.  An all-zero page always compresses to the same bytes, so
+    back to back.  An all-zero page always compresses to the same bytes, so
     that result is computed once per process (memory dumps are mostly zeros).
     """
     from array import array
@@ -201,3 +200,50 @@ def compress_pages(codec_name: str, data: bytes, page_size: int) -> tuple[bytes,
             sizes[i] = page_size
             parts.append(page)
     return flags.tobytes(), sizes.tobytes(), b"".join(parts)
+
+
+PackedPages = tuple[bytes, bytes, bytes, bytes]
+"""``(zero, flags, sizes, blob)`` for a run of pages: one byte per page (1 =
+all zero), then native uint32 flags and stored sizes per non-zero page and
+the stored bytes of the non-zero pages back to back."""
+
+
+def _native_pack() -> Callable[[bytes, int, int], PackedPages] | None:
+    try:
+        from slimdump.writers._pagepack import pack
+    except ImportError:          # not built (no compiler or liblzo2 headers)
+        return None
+    return pack
+
+
+NATIVE_PACK = _native_pack()
+NATIVE_CODECS = frozenset({"none", "zlib", "lzo"})
+
+
+def pack_pages_python(codec: Codec, data: bytes, page_size: int) -> PackedPages:
+    """:func:`pack_pages` in Python (and numpy), for codecs or machines the
+    C accelerator does not serve.  Same bytes, slower."""
+    import numpy as np
+
+    count = len(data) // page_size
+    pages = np.frombuffer(data, np.uint8, count * page_size).reshape(count, page_size)
+    zero = ~pages.view(np.uint64).any(axis=1) if page_size % 8 == 0 else ~pages.any(axis=1)
+    rest = pages[~zero].tobytes() if zero.any() else bytes(data[:count * page_size])
+    if codec.flag == 0:
+        n = len(rest) // page_size
+        flags = bytes(4 * n)
+        sizes = np.full(n, page_size, np.uint32).tobytes()
+        blob = rest
+    else:
+        flags, sizes, blob = compress_pages(codec.name, rest, page_size)
+    return zero.astype(np.uint8).tobytes(), flags, sizes, blob
+
+
+def pack_pages(codec: str | Codec, data: bytes, page_size: int) -> PackedPages:
+    """Zero-test whole pages and store the others as a kdump descriptor wants
+    them (compressed with ``codec`` when strictly smaller than a page).  Uses
+    the C accelerator, which runs without the GIL, where it serves the codec."""
+    found = get_codec(codec)
+    if NATIVE_PACK is not None and found.name in NATIVE_CODECS:
+        return NATIVE_PACK(data, page_size, found.flag)
+    return pack_pages_python(found, data, page_size)

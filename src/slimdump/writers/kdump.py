@@ -7,13 +7,15 @@ to back.  The caller decides which pages go in (the final 2nd bitmap); this
 module only formats them, so the file is byte for byte what makedumpfile
 writes for the same bitmaps.
 
-Memory stays bounded: pfns are processed in cycles (4096 by default) and the
-descriptors of a cycle are written with its data, which is possible because
-the data start is known from the popcount of the 2nd bitmap (zero pages are
-found while writing and still take a descriptor: the shared one pointing at
-the zero page written first).  zlib and zstd pages are compressed by threads over
-all CPUs; results are written in pfn order, so the file does not depend on
-worker timing.  Uncompressed output never starts a pool.
+Memory stays bounded: the 2nd bitmap's pages go out in tasks of TASK_PAGES
+pages, a few per CPU in flight, and the descriptors of a task are written
+with its data, which is possible because the data start is known from the
+popcount of the 2nd bitmap (zero pages are found while writing and still
+take a descriptor: the shared one pointing at the zero page written first).
+Worker threads, one per CPU, read, zero-test and compress the tasks
+(:func:`~slimdump.writers.codecs.pack_pages`: C without the GIL for none,
+zlib and LZO); results are written in pfn order, so the file does not
+depend on worker timing.
 
 Output goes to anything with ``write(data, offset)``:
 :class:`~slimdump.writers.atomic.AtomicOutput`, :class:`FdOutput` or
@@ -53,16 +55,16 @@ from slimdump.sources.kdump import (
 from slimdump.writers.codecs import (
     DUMP_DH_COMPRESSED_INCOMPLETE,
     Codec,
+    PackedPages,
     compress_page,
-    compress_pages,
     get_codec,
+    pack_pages,
     require,
 )
 
 DL_EXCLUDE_ZERO = 1
 CYCLE_PAGES = 4096           # pfns per cycle: bounds memory to a few cycles of page data
-TASK_PAGES = 256             # pages per unit of work sent to a worker process
-IN_PROCESS_CODECS = frozenset({"lzo", "snappy"})
+TASK_PAGES = 256             # pages per unit of work sent to a worker thread
 
 ReadPages = Callable[[int, int], bytes]
 """``read_pages(start_pfn, count)``: ``count * page_size`` bytes of memory."""
@@ -117,12 +119,24 @@ def pack_bitmap(bitmap: BitmapLike, nbits: int) -> np.ndarray:
     return out
 
 
-def page_reader(source: DumpSource, page_size: int = 4096) -> ReadPages:
+class PageReader:
     """``read_pages(start_pfn, count)`` over a source, zero-filling what no
     segment (or, for a filtered source, no dumped page) covers, as
-    makedumpfile does for partial pages at segment edges."""
+    makedumpfile does for partial pages at segment edges.
 
-    def read_pages(start_pfn: int, count: int) -> bytes:
+    ``thread_safe``: the writer may call it from several threads at once.
+    True for ELF cores, which read with pread() alone; kdump-compressed and
+    flattened sources keep caches and are read from one thread."""
+
+    def __init__(self, source: DumpSource, page_size: int = 4096) -> None:
+        from slimdump.sources.elfcore import ElfCore
+
+        self.source = source
+        self.page_size = page_size
+        self.thread_safe = isinstance(source, ElfCore)
+
+    def __call__(self, start_pfn: int, count: int) -> bytes:
+        source, page_size = self.source, self.page_size
         addr, size = start_pfn * page_size, count * page_size
         try:
             return source.read_phys(addr, size)
@@ -142,7 +156,10 @@ def page_reader(source: DumpSource, page_size: int = 4096) -> ReadPages:
                         out[a - addr:b - addr] = source.read_phys(a, b - a)
         return bytes(out)
 
-    return read_pages
+
+def page_reader(source: DumpSource, page_size: int = 4096) -> PageReader:
+    """A :class:`PageReader` over ``source``."""
+    return PageReader(source, page_size)
 
 
 def _fallback_utsname(source: DumpSource) -> Utsname:
@@ -260,13 +277,12 @@ class KdumpResult:
 
 
 @dataclass
-class _Cycle:
-    """One cycle's pages on their way out: which are zero, and the stored
-    bytes of the others (ready or being compressed)."""
+class _Task:
+    """A run of the 2nd bitmap's pages on its way out: read, zero-tested and
+    compressed by a worker thread (or in this thread), written in order."""
 
     count: int
-    zero: np.ndarray
-    parts: list[Future[tuple[bytes, bytes, bytes]] | tuple[bytes, bytes, bytes]]
+    packed: Future[PackedPages] | PackedPages
 
 
 def _default_workers() -> int:
@@ -281,8 +297,8 @@ class KdumpWriter:
     (``num_dumpable``, ``desc_offset``, ``data_offset``...), :meth:`write`
     writes everything.
 
-    ``workers``: compressing processes (default: all CPUs; 1 compresses in
-    this process).  ``executor``: an existing pool to use instead of
+    ``workers``: worker threads (default: all CPUs; 1 does everything in
+    the calling thread).  ``executor``: an existing pool to use instead of
     starting one.
     """
 
@@ -387,9 +403,10 @@ class KdumpWriter:
 
     def write(self, read_pages: ReadPages,
               progress: Callable[[int], None] | None = None) -> KdumpResult:
-        """Write the whole file; ``progress(pages_done)`` after each cycle.
+        """Write the whole file; ``progress(pages_done)`` as pages are written.
         ``read_pages`` must return whole pages (zero-filled where the source
-        has no bytes, e.g. the partial page at a segment's edge)."""
+        has no bytes, e.g. the partial page at a segment's edge); it is called
+        from the worker threads when it says it may be (``thread_safe``)."""
         started = time.monotonic()
         result = KdumpResult(workers=1)
         self._write_metadata()
@@ -402,12 +419,13 @@ class KdumpWriter:
         executor, own = self._executor()
         if executor is not None:
             result.workers = self.workers
-        pending: deque[_Cycle] = deque()
+        in_flight = 4 * max(self.workers, 1)     # bounds the page data held at once
+        pending: deque[_Task] = deque()
         pos = 0
         try:
-            for cycle in self._cycles(read_pages, executor):
-                pending.append(cycle)
-                while len(pending) > 2:
+            for task in self._tasks(read_pages, executor):
+                pending.append(task)
+                while len(pending) > in_flight:
                     pos, data_at = self._finish(pending.popleft(), pos, data_at, result)
                     if progress:
                         progress(pos)
@@ -424,25 +442,21 @@ class KdumpWriter:
         return result
 
     def _executor(self) -> tuple[Executor | None, bool]:
-        # LZO1X-1 and snappy compress a page in about 1.5 us here, less than
-        # sending it to a worker costs; zlib (60 us) and zstd (12 us) gain.
-        if self.codec.flag == 0 or self.codec.name in IN_PROCESS_CODECS:
-            return None, False
         if self.executor is not None:
             return self.executor, False
         if self.workers <= 1 or self.num_dumpable < 2 * TASK_PAGES:
             return None, False
-        # Threads: zlib and zstd release the GIL while they compress, and a
-        # thread needs no copy of the page data (a process pool pickles every
-        # page through a pipe, which cost as much as it saved here).
+        # Threads, not processes: the C packer, zlib and the pread()s release
+        # the GIL, and a thread needs no copy of the page data.
         return ThreadPoolExecutor(max_workers=self.workers), True
 
-    def _cycles(self, read_pages: ReadPages, executor: Executor | None) -> Iterator[_Cycle]:
-        """Read, zero-test and hand out for compression one cycle at a time.
-        All-zero pages never travel to a worker: with dump_level bit 1 they
-        get the shared descriptor, otherwise the (always identical) stored
-        form of a zero page."""
-        ps, nbits = self.meta.page_size, self.meta.max_mapnr
+    def _tasks(self, read_pages: ReadPages, executor: Executor | None) -> Iterator[_Task]:
+        """The 2nd bitmap's pages in pfn order, cut into tasks of at most
+        TASK_PAGES pages, each read and packed by a worker."""
+        nbits = self.meta.max_mapnr
+        parallel_reads = executor is not None and getattr(read_pages, "thread_safe", False)
+        runs: list[tuple[int, int]] = []
+        size = 0
         for start in range(0, nbits, self.cycle_pages):
             end = min(nbits, start + self.cycle_pages)
             packed = self.bitmap2[start // 8:(end + 7) // 8]
@@ -450,71 +464,74 @@ class KdumpWriter:
                 continue
             bits = np.unpackbits(packed, bitorder="little")[:end - start].astype(np.int8)
             edges = np.flatnonzero(np.diff(bits, prepend=0, append=0))
-            chunks = []
             for lo, hi in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-                data = read_pages(start + lo, hi - lo)
-                if len(data) != (hi - lo) * ps:
-                    raise DumpError(None, f"reading pfns {start + lo:#x}-{start + hi - 1:#x} "
-                                          f"gave {len(data)} bytes, not {(hi - lo) * ps}")
-                chunks.append(data)
-            data = b"".join(chunks)
-            count = len(data) // ps
-            pages = np.frombuffer(data, np.uint8).reshape(count, ps)
-            zero = ~pages.view(np.uint64).any(axis=1)
-            if zero.any():
-                data = pages[~zero].tobytes()
-            yield _Cycle(count, zero, self._compress(data, executor))
+                pfn, left = start + lo, hi - lo
+                while left:
+                    take = min(left, TASK_PAGES - size)
+                    runs.append((pfn, take))
+                    size += take
+                    pfn += take
+                    left -= take
+                    if size == TASK_PAGES:
+                        yield self._task(read_pages, runs, size, executor, parallel_reads)
+                        runs, size = [], 0
+        if runs:
+            yield self._task(read_pages, runs, size, executor, parallel_reads)
 
-    def _compress(self, data: bytes, executor: Executor | None
-                  ) -> list[Future[tuple[bytes, bytes, bytes]] | tuple[bytes, bytes, bytes]]:
-        ps = self.meta.page_size
-        count = len(data) // ps
-        if self.codec.flag == 0:
-            flags = np.zeros(count, np.uint32).tobytes()
-            sizes = np.full(count, ps, np.uint32).tobytes()
-            return [(flags, sizes, data)]
-        step = TASK_PAGES * ps
+    def _task(self, read_pages: ReadPages, runs: list[tuple[int, int]], count: int,
+              executor: Executor | None, parallel_reads: bool) -> _Task:
         if executor is None:
-            return [compress_pages(self.codec.name, data[at:at + step], ps)
-                    for at in range(0, len(data), step)]
-        return [executor.submit(compress_pages, self.codec.name, data[at:at + step], ps)
-                for at in range(0, len(data), step)]
+            return _Task(count, self._pack(read_pages, runs))
+        if parallel_reads:
+            return _Task(count, executor.submit(self._pack, read_pages, runs))
+        data = self._read(read_pages, runs)
+        return _Task(count, executor.submit(pack_pages, self.codec, data, self.meta.page_size))
 
-    def _finish(self, cycle: _Cycle, pos: int, data_at: int,
+    def _read(self, read_pages: ReadPages, runs: list[tuple[int, int]]) -> bytes:
+        ps = self.meta.page_size
+        chunks = []
+        for pfn, count in runs:
+            data = read_pages(pfn, count)
+            if len(data) != count * ps:
+                raise DumpError(None, f"reading pfns {pfn:#x}-{pfn + count - 1:#x} "
+                                      f"gave {len(data)} bytes, not {count * ps}")
+            chunks.append(data)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _pack(self, read_pages: ReadPages, runs: list[tuple[int, int]]) -> PackedPages:
+        return pack_pages(self.codec, self._read(read_pages, runs), self.meta.page_size)
+
+    def _finish(self, task: _Task, pos: int, data_at: int,
                 result: KdumpResult) -> tuple[int, int]:
-        """Write one cycle's descriptors and data; return the new position in
+        """Write one task's data and descriptors; return the new position in
         the descriptor table and the new data offset."""
         ps = self.meta.page_size
-        flags_parts, size_parts, blobs = [], [], []
-        for part in cycle.parts:
-            flags, sizes, blob = part.result() if isinstance(part, Future) else part
-            flags_parts.append(np.frombuffer(flags, np.uint32))
-            size_parts.append(np.frombuffer(sizes, np.uint32))
-            blobs.append(blob)
-        nz_flags = np.concatenate(flags_parts) if flags_parts else np.zeros(0, np.uint32)
-        nz_sizes = np.concatenate(size_parts) if size_parts else np.zeros(0, np.uint32)
-        nz_blob = b"".join(blobs)
-        zero, stored = cycle.zero, ~cycle.zero
-        descs = np.zeros(cycle.count, PAGE_DESC_DTYPE[self.abi.endian])
-        nzero = int(zero.sum())
+        packed = task.packed.result() if isinstance(task.packed, Future) else task.packed
+        zero_bytes, nz_flags_b, nz_sizes_b, nz_blob = packed
+        zero = np.frombuffer(zero_bytes, np.uint8).astype(bool)
+        nz_flags = np.frombuffer(nz_flags_b, np.uint32)
+        nz_sizes = np.frombuffer(nz_sizes_b, np.uint32)
+        stored = ~zero
+        descs = np.zeros(task.count, PAGE_DESC_DTYPE[self.abi.endian])
+        nzero = task.count - len(nz_sizes)
         if self.share_zero:
             flags, sizes, blob, mask = nz_flags, nz_sizes, nz_blob, stored
             descs["offset"][zero] = self.data_offset
             descs["size"][zero] = ps
             result.zero_pages += nzero
         else:
-            flags = np.empty(cycle.count, np.uint32)
-            sizes = np.empty(cycle.count, np.uint32)
+            flags = np.empty(task.count, np.uint32)
+            sizes = np.empty(task.count, np.uint32)
             flags[stored], sizes[stored] = nz_flags, nz_sizes
             flags[zero], sizes[zero] = self._zero_flag, len(self._zero_stored)
             blob = self._interleave(zero, nz_sizes, nz_blob) if nzero else nz_blob
-            mask = np.ones(cycle.count, np.bool_)
+            mask = np.ones(task.count, np.bool_)
         offsets = data_at + np.cumsum(sizes, dtype=np.int64) - sizes
         descs["offset"][mask] = offsets
         descs["size"][mask] = sizes
         descs["flags"][mask] = flags
         # data before descriptors: if the data cannot be written (ENOSPC), the
-        # cycle's descriptors stay zero, which readers take as "page lost"
+        # task's descriptors stay zero, which readers take as "page lost"
         if blob:
             self.out.write(blob, data_at)
         self.out.write(descs.tobytes(), self.desc_offset + PAGE_DESC_SIZE * pos)
@@ -522,7 +539,7 @@ class KdumpWriter:
         result.compressed_pages += ncompressed
         result.raw_pages += len(sizes) - ncompressed
         result.data_bytes += len(blob)
-        return pos + cycle.count, data_at + len(blob)
+        return pos + task.count, data_at + len(blob)
 
     @property
     def _zero_stored(self) -> bytes:
@@ -566,5 +583,5 @@ def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLik
 
 
 __all__ = ["BitmapLike", "FdOutput", "KdumpMeta", "KdumpResult", "KdumpWriter",
-           "PositionedOutput", "ReadPages", "Utsname", "get_codec", "note_area",
+           "PageReader", "PositionedOutput", "ReadPages", "Utsname", "get_codec", "note_area",
            "pack_bitmap", "page_reader", "read_utsname", "write_kdump"]

@@ -1,0 +1,218 @@
+/*
+ * slimdump.writers._pagepack: the one hot loop of a filtered dump, in C.
+ *
+ * pack(data, page_size, flag) takes whole pages back to back and returns
+ * (zero, flags, sizes, blob):
+ *
+ *   zero   one byte per page, 1 where the page is all zero bytes;
+ *   flags  native uint32 per non-zero page: the codec's descriptor flag when
+ *          the compressed form is strictly smaller than a page, else 0;
+ *   sizes  native uint32 per non-zero page: the stored size;
+ *   blob   the stored bytes of the non-zero pages back to back.
+ *
+ * flag selects the codec by its kdump descriptor flag: 0 stores pages as
+ * they are, 0x1 zlib (deflate level 1 with the zlib wrapper, as compress2()
+ * makes it), 0x2 LZO1X-1.  That is exactly what the pure-Python path in
+ * slimdump.writers.codecs.compress_pages produces; a test holds the two to
+ * each other.  The work runs without the GIL, so the writer's threads
+ * compress on every core; per-page Python calls cost more than LZO itself.
+ *
+ * zlib streams reuse one deflate state, reset between pages: deflateReset
+ * leaves the state exactly as deflateInit does, so the bytes are those of
+ * compress2(), without allocating 256 KiB per page.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include <lzo/lzo1x.h>
+#include <zlib.h>
+
+#define FLAG_ZLIB 0x1
+#define FLAG_LZO 0x2
+
+static int
+page_is_zero(const unsigned char *page, Py_ssize_t size)
+{
+    Py_ssize_t n = size / 8;
+    uint64_t acc = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t word;
+        memcpy(&word, page + 8 * i, 8);     /* the buffer need not be aligned */
+        acc |= word;
+        if ((i & 63) == 63 && acc)
+            return 0;
+    }
+    return acc == 0;
+}
+
+/* Compress one page into out (room for page_size bytes); the stored size,
+ * or 0 when the compressed form is not strictly smaller than the page or
+ * the library failed (the page is then stored as is, as makedumpfile does). */
+static size_t
+compress_one(int flag, const unsigned char *page, size_t page_size, unsigned char *scratch,
+             size_t scratch_size, void *wrkmem, z_stream *zs)
+{
+    if (flag == FLAG_LZO) {
+        lzo_uint out_len = scratch_size;
+        if (lzo1x_1_compress(page, page_size, scratch, &out_len, wrkmem) != LZO_E_OK)
+            return 0;
+        return out_len < page_size ? out_len : 0;
+    }
+    if (flag == FLAG_ZLIB) {
+        if (deflateReset(zs) != Z_OK)
+            return 0;
+        zs->next_in = (Bytef *)page;
+        zs->avail_in = (uInt)page_size;
+        zs->next_out = scratch;
+        zs->avail_out = (uInt)scratch_size;
+        if (deflate(zs, Z_FINISH) != Z_STREAM_END)
+            return 0;
+        return zs->total_out < page_size ? zs->total_out : 0;
+    }
+    return 0;
+}
+
+static PyObject *
+pack(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t page_size;
+    int flag;
+    if (!PyArg_ParseTuple(args, "y*ni:pack", &view, &page_size, &flag))
+        return NULL;
+
+    PyObject *zero = NULL, *flags = NULL, *sizes = NULL, *blob = NULL, *result = NULL;
+    unsigned char *scratch = NULL;
+    void *wrkmem = NULL;
+    z_stream zs;
+    int zs_ready = 0;
+
+    if (page_size < 1024 || (page_size & (page_size - 1)) || page_size > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "page_size must be a power of two from 1024 to 16M");
+        goto done;
+    }
+    if (view.len % page_size) {
+        PyErr_SetString(PyExc_ValueError, "data is not a whole number of pages");
+        goto done;
+    }
+    if (flag != 0 && flag != FLAG_ZLIB && flag != FLAG_LZO) {
+        PyErr_Format(PyExc_ValueError, "no C codec for descriptor flag %#x", flag);
+        goto done;
+    }
+    Py_ssize_t count = view.len / page_size;
+    zero = PyBytes_FromStringAndSize(NULL, count);
+    flags = PyBytes_FromStringAndSize(NULL, count * 4);
+    sizes = PyBytes_FromStringAndSize(NULL, count * 4);
+    blob = PyBytes_FromStringAndSize(NULL, view.len);
+    if (!zero || !flags || !sizes || !blob)
+        goto done;
+
+    /* LZO1X worst case: n + n/16 + 64 + 3; deflateBound covers zlib. */
+    size_t scratch_size = (size_t)page_size + (size_t)page_size / 16 + 64 + 3;
+    if (flag == FLAG_ZLIB) {
+        memset(&zs, 0, sizeof(zs));
+        if (deflateInit(&zs, Z_BEST_SPEED) != Z_OK) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        zs_ready = 1;
+        size_t bound = deflateBound(&zs, (uLong)page_size);
+        if (bound > scratch_size)
+            scratch_size = bound;
+    }
+    if (flag == FLAG_LZO) {
+        wrkmem = PyMem_RawMalloc(LZO1X_1_MEM_COMPRESS);
+        if (!wrkmem) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    scratch = PyMem_RawMalloc(scratch_size);
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    const unsigned char *in = view.buf;
+    unsigned char *zero_out = (unsigned char *)PyBytes_AS_STRING(zero);
+    uint32_t *flags_out = (uint32_t *)PyBytes_AS_STRING(flags);
+    uint32_t *sizes_out = (uint32_t *)PyBytes_AS_STRING(sizes);
+    unsigned char *blob_out = (unsigned char *)PyBytes_AS_STRING(blob);
+    Py_ssize_t stored = 0, nonzero = 0;
+
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const unsigned char *page = in + i * page_size;
+        if (page_is_zero(page, page_size)) {
+            zero_out[i] = 1;
+            continue;
+        }
+        zero_out[i] = 0;
+        size_t packed = flag ? compress_one(flag, page, (size_t)page_size, scratch,
+                                            scratch_size, wrkmem, &zs) : 0;
+        if (packed) {
+            memcpy(blob_out + stored, scratch, packed);
+            flags_out[nonzero] = (uint32_t)flag;
+            sizes_out[nonzero] = (uint32_t)packed;
+            stored += (Py_ssize_t)packed;
+        } else {
+            memcpy(blob_out + stored, page, page_size);
+            flags_out[nonzero] = 0;
+            sizes_out[nonzero] = (uint32_t)page_size;
+            stored += page_size;
+        }
+        nonzero++;
+    }
+    Py_END_ALLOW_THREADS
+
+    if (_PyBytes_Resize(&flags, nonzero * 4) < 0 || _PyBytes_Resize(&sizes, nonzero * 4) < 0
+        || _PyBytes_Resize(&blob, stored) < 0)
+        goto done;
+    result = PyTuple_Pack(4, zero, flags, sizes, blob);
+
+done:
+    if (zs_ready)
+        deflateEnd(&zs);
+    PyMem_RawFree(wrkmem);
+    PyMem_RawFree(scratch);
+    Py_XDECREF(zero);
+    Py_XDECREF(flags);
+    Py_XDECREF(sizes);
+    Py_XDECREF(blob);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"pack", pack, METH_VARARGS,
+     "pack(data, page_size, flag) -> (zero, flags, sizes, blob)\n\n"
+     "Zero-test whole pages and store the others as kdump-compressed descriptors\n"
+     "want them: flag 0 (as is), 0x1 (zlib level 1) or 0x2 (LZO1X-1).  Runs\n"
+     "without the GIL."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_pagepack",
+    "Page zero-testing and compression for kdump-compressed files, without the GIL.",
+    -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__pagepack(void)
+{
+    if (lzo_init() != LZO_E_OK) {
+        PyErr_SetString(PyExc_ImportError, "lzo_init() failed");
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m && (PyModule_AddIntConstant(m, "ZLIB", FLAG_ZLIB) < 0
+              || PyModule_AddIntConstant(m, "LZO", FLAG_LZO) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
