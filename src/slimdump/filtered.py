@@ -37,8 +37,8 @@ from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
 from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
 
-# Pages per write cycle: 4 MiB of page data in flight per cycle keeps the
-# resident set of capture and its compressing workers well under 128 MiB.
+# Pages per -E write cycle: 4 MiB of page data at a time.  (The kdump writer
+# bounds its own memory: TASK_PAGES-page tasks, a few per CPU in flight.)
 CYCLE_PAGES = 1024
 
 
@@ -153,7 +153,7 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
 
     def run(out: Any) -> Any:
         writer = KdumpWriter(out, meta, selection.bitmap1, selection.bitmap2,
-                             codec=options.codec, cycle_pages=CYCLE_PAGES)
+                             codec=options.codec)
         return writer.write(read_pages, bar_update)
 
     if options.format == FLAT:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -63,7 +64,8 @@ from slimdump.writers.codecs import (
 )
 
 DL_EXCLUDE_ZERO = 1
-CYCLE_PAGES = 4096           # pfns per cycle: bounds memory to a few cycles of page data
+CYCLE_PAGES = 4096           # pfns per cycle (ELF writer: pages read at once)
+SCAN_PFNS = 1 << 16          # pfns of the 2nd bitmap looked at at once for runs
 TASK_PAGES = 256             # pages per unit of work sent to a worker thread
 
 ReadPages = Callable[[int, int], bytes]
@@ -155,6 +157,14 @@ class PageReader:
                     with contextlib.suppress(NotInDump):
                         out[a - addr:b - addr] = source.read_phys(a, b - a)
         return bytes(out)
+
+    def read_into(self, start_pfn: int, count: int, buf: memoryview) -> None:
+        """What ``self(start_pfn, count)`` returns, into ``buf`` (exactly
+        ``count`` pages long): straight from the file where the source can."""
+        try:
+            self.source.read_phys_into(start_pfn * self.page_size, buf)
+        except NotInDump:
+            buf[:] = self(start_pfn, count)
 
 
 def page_reader(source: DumpSource, page_size: int = 4096) -> PageReader:
@@ -333,6 +343,7 @@ class KdumpWriter:
         self.data_offset = self.desc_offset + PAGE_DESC_SIZE * self.num_dumpable
         self.share_zero = bool(meta.dump_level & DL_EXCLUDE_ZERO)
         self.status = self.codec.flag
+        self._local = threading.local()         # each worker's read buffer
 
     # -- headers ---------------------------------------------------------------
 
@@ -457,8 +468,9 @@ class KdumpWriter:
         parallel_reads = executor is not None and getattr(read_pages, "thread_safe", False)
         runs: list[tuple[int, int]] = []
         size = 0
-        for start in range(0, nbits, self.cycle_pages):
-            end = min(nbits, start + self.cycle_pages)
+        scan = max(self.cycle_pages, SCAN_PFNS)
+        for start in range(0, nbits, scan):
+            end = min(nbits, start + scan)
             packed = self.bitmap2[start // 8:(end + 7) // 8]
             if not packed.any():
                 continue
@@ -499,7 +511,20 @@ class KdumpWriter:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _pack(self, read_pages: ReadPages, runs: list[tuple[int, int]]) -> PackedPages:
-        return pack_pages(self.codec, self._read(read_pages, runs), self.meta.page_size)
+        into = getattr(read_pages, "read_into", None)
+        if into is None:
+            return pack_pages(self.codec, self._read(read_pages, runs), self.meta.page_size)
+        # read into this thread's own buffer, reused task after task: a fresh
+        # megabyte per task costs more in page faults than the read itself
+        ps = self.meta.page_size
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(TASK_PAGES * ps))
+        at = 0
+        for pfn, count in runs:
+            into(pfn, count, buf[at:at + count * ps])
+            at += count * ps
+        return pack_pages(self.codec, buf[:at], ps)
 
     def _finish(self, task: _Task, pos: int, data_at: int,
                 result: KdumpResult) -> tuple[int, int]:
