@@ -148,3 +148,85 @@ def test_arm64_old_layout(tmp_path: Path) -> None:
         "SYMBOL(_stext)": "ffffff8008081000"})
     assert mem.vtop(0xFFFFFFC000000000 + 0x1010) == 0x40001010
     assert mem.vtop(0xFFFFFF8008000020) == 0x41000020
+
+
+# ---------------------------------------------------------------------------
+# vtop_extent: how far the mapping holding an address goes
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_vtop_extent_page_table_walk(tmp_path: Path, levels: int) -> None:
+    """The 4 KiB, 2 MiB and 1 GiB mappings of the hand-built tables: the
+    extent runs to the end of each page, and the image to its end."""
+    core, expected = build_paging_core(levels)
+    path = tmp_path / "core"
+    path.write_bytes(core)
+    sizes = {0xFFFFC90000001000: PAGE, 0xFFFFEA0000200000: 2 << 20,
+             0xFF11000040000000: 1 << 30}
+    with open_dump(path) as src:
+        info = VmcoreInfo.from_notes(src.notes)
+        assert info is not None
+        mem = KernelMemory(src, info)
+        for vaddr, paddr in expected.items():
+            size = next(s for start, s in sizes.items() if 0 <= vaddr - start < s)
+            assert mem.vtop_extent(vaddr) == (paddr, size - vaddr % size)
+            # the cached huge page answers the same, from any address inside it
+            last = vaddr + (size - vaddr % size) - 1
+            assert mem.vtop_extent(last) == (paddr + last - vaddr, 1)
+        # KERNEL_IMAGE_SIZE is 1 GiB: the image mapping ends there
+        assert mem.vtop_extent(0xFFFFFFFF82000000) == (0x2000000, (1 << 30) - 0x2000000)
+        with pytest.raises(NotInDump, match="is not mapped"):
+            mem.vtop_extent(0xFFFFC90000003000)
+
+
+def test_vtop_extent_without_mapping_sizes_is_the_page(tmp_path: Path) -> None:
+    """arm64 has no vtop_extent: KernelMemory answers page by page."""
+    mem = arm64_core(tmp_path, {
+        "NUMBER(VA_BITS)": "48", "NUMBER(PHYS_OFFSET)": "0x40000000",
+        "NUMBER(kimage_voffset)": "0xffff800007000000",
+        "SYMBOL(_stext)": "ffff800048010000"})
+    assert mem.vtop_extent(0xFFFF000000000000 + 0x1010) == (0x40001010, PAGE - 0x10)
+    with pytest.raises(NotInDump):
+        mem.vtop_extent(0xFFFF800008000000)
+
+
+@pytest.mark.parametrize("name", ["6.1-sysrq", "6.12-mce"])
+def test_vtop_extent_agrees_with_a_fresh_walk_on_every_page(name: str) -> None:
+    """Over the whole struct page array (vmemmap), 64 MiB of the direct map
+    and 16 MiB of the kernel image: every page inside an extent translates,
+    by a page-table walk that does not use the huge-page cache, to the
+    extent's start plus its offset; unmapped pages fail both ways."""
+    with open_dump(real_vmcore(name)) as src:
+        info = VmcoreInfo.from_notes(src.notes)
+        assert info is not None
+        mem = KernelMemory(src, info)
+        arch = mem.arch
+        root = mem.pointer(mem.require_symbol("mem_section"))
+        vmemmap = mem.pointer(root) & ~0x3F
+        nr_pfns = max(s.phys_start + s.mem_size for s in src.segments) // PAGE
+        ranges = [(vmemmap, vmemmap + nr_pfns * 64),
+                  (root & ~(PAGE - 1), (root & ~(PAGE - 1)) + (64 << 20)),
+                  (mem.require_symbol("_stext"), mem.require_symbol("_stext") + (16 << 20))]
+        extents = 0
+        for start, end in ranges:
+            va = start
+            while va < end:
+                try:
+                    paddr, extent = mem.vtop_extent(va)
+                except NotInDump:
+                    arch._huge = (1, 0, 0)          # type: ignore[attr-defined]
+                    with pytest.raises(NotInDump):
+                        mem.vtop(va)
+                    va = (va // PAGE + 1) * PAGE
+                    continue
+                assert extent > 0 and (va + extent) % PAGE == 0
+                extents += 1
+                stop = min(va + extent, end)
+                page = va
+                while page < stop:
+                    arch._huge = (1, 0, 0)          # type: ignore[attr-defined]
+                    assert mem.vtop(page) == paddr + page - va, hex(page)
+                    page = (page // PAGE + 1) * PAGE
+                va = stop
+        # vmemmap and the direct map are mapped with huge pages: few extents
+        assert extents < (ranges[0][1] - ranges[0][0] + (64 << 20)) // PAGE // 64

@@ -9,6 +9,7 @@ translation is decided from VMCOREINFO keys and the dump's own data.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from slimdump.elf import EM_AARCH64, EM_X86_64
@@ -49,6 +50,9 @@ class KernelMemory:
             raise KernelViewError(source.path, f"reading kernel memory of "
                                                f"{source.header.machine_name} dumps is not "
                                                f"supported yet (x86_64 and arm64 are)")
+        # architectures that know their mappings' sizes say so with vtop_extent()
+        self._arch_extent: Callable[[int], tuple[int, int]] | None = getattr(
+            self.arch, "vtop_extent", None)
 
     @property
     def path(self) -> str:
@@ -59,6 +63,18 @@ class KernelMemory:
 
     def vtop(self, vaddr: int) -> int:
         return self.arch.vtop(vaddr)
+
+    def vtop_extent(self, vaddr: int) -> tuple[int, int]:
+        """(physical address of ``vaddr``, bytes ``n`` > 0 such that every
+        address in ``[vaddr, vaddr + n)`` translates to the same offset from
+        it): the rest of the mapping holding ``vaddr`` where the architecture
+        knows it (x86_64: a 2 MiB / 1 GiB page is one extent, so bulk reads
+        translate once per mapping), otherwise the rest of its page.
+        NotInDump (or KernelViewError) where ``vaddr`` cannot be translated,
+        exactly as :meth:`vtop`."""
+        if self._arch_extent is not None:
+            return self._arch_extent(vaddr)
+        return self.arch.vtop(vaddr), self.page_size - vaddr % self.page_size
 
     def read(self, vaddr: int, size: int) -> bytes:
         """``size`` bytes at kernel virtual address ``vaddr``, page by page

@@ -9,7 +9,10 @@
   clearing NUMBER(sme_mask) (AMD memory encryption) from every entry.
 
 Page-table pages are cached: reading a large buffer costs one walk's worth
-of table pages, not one per page.
+of table pages, not one per page.  :meth:`X86_64.vtop_extent` also says how
+far the mapping holding an address goes on, so a bulk reader (the struct
+page array in vmemmap, mapped with 2 MiB or 1 GiB pages) translates once
+per mapping instead of once per 4 KiB.
 """
 
 from __future__ import annotations
@@ -86,12 +89,23 @@ class X86_64:
         return struct.unpack_from("<Q", page, index * 8)[0]
 
     def vtop(self, vaddr: int) -> int:
+        return self.vtop_extent(vaddr)[0]
+
+    def vtop_extent(self, vaddr: int) -> tuple[int, int]:
+        """(physical address of ``vaddr``, bytes from ``vaddr`` to the end of
+        the mapping holding it): to the end of the kernel image mapping, of
+        the 1 GiB / 2 MiB page, or of the 4 KiB page.  Every byte of that
+        extent translates to ``paddr + (va - vaddr)``.  NotInDump where no
+        page table maps ``vaddr``."""
         direct = self.image_vtop(vaddr)
         if direct is not None:
-            return direct
+            image_end = (START_KERNEL_MAP + self.image_size if self.image_size is not None
+                         else MASK64 + 1)
+            # never past the top of the physical address space (the & MASK64 wrap)
+            return direct, min(image_end - vaddr, MASK64 + 1 - direct)
         vstart, size, pstart = self._huge
         if 0 <= vaddr - vstart < size:
-            return pstart + (vaddr - vstart)
+            return pstart + (vaddr - vstart), vstart + size - vaddr
         table = self.top_table
         shifts = _LEVEL_SHIFTS[self.levels]
         for depth, shift in enumerate(shifts):
@@ -105,6 +119,7 @@ class X86_64:
                 base = entry & self.entry_mask & ~(size - 1)
                 if size > 4096:
                     self._huge = (vaddr & ~(size - 1), size, base)
-                return base | (vaddr & (size - 1))
+                offset = vaddr & (size - 1)
+                return base | offset, size - offset
             table = entry & self.entry_mask
         raise AssertionError("unreachable")

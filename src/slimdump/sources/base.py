@@ -42,6 +42,9 @@ class DumpSource:
     notes: list[Note]
     segments: list[Segment]
     size: int                   # bytes in the file
+    #: read_phys_into may be called from two threads at once (a source whose
+    #: reads keep no state besides the counts says so)
+    parallel_reads: bool = False
 
     @property
     def bytes_read(self) -> int:
@@ -58,6 +61,15 @@ class DumpSource:
 
     def read_phys(self, paddr: int, size: int) -> bytes:
         raise NotImplementedError
+
+    def read_phys_into(self, paddr: int, buf: memoryview) -> None:
+        """Fill ``buf`` (a writable byte view) with the physical memory at
+        ``paddr``: what :meth:`read_phys` of ``len(buf)`` bytes returns, with
+        the same errors and the same count in :attr:`bytes_read`.  Bulk
+        readers (the struct page walk) use it to read straight into their
+        arrays; sources that can (ELF cores) override it to skip the
+        intermediate copy.  On an error ``buf`` may be partly written."""
+        buf[:] = self.read_phys(paddr, len(buf))
 
     def close(self) -> None:
         raise NotImplementedError

@@ -35,6 +35,8 @@ class ElfCore(DumpSource):
     """An ELF core file opened for reading."""
 
     format = "elf"
+    # reads are positioned preads with counts kept under RawFile's lock
+    parallel_reads = True
 
     def __init__(self, raw: RawFile) -> None:
         self.raw = raw
@@ -135,6 +137,18 @@ class ElfCore(DumpSource):
             out += bytes(chunk_end - addr - in_file)
             addr = chunk_end
         return bytes(out)
+
+    def read_phys_into(self, paddr: int, buf: memoryview) -> None:
+        """:meth:`read_phys` into ``buf``: one pread straight into it when a
+        single segment holds all of it in the file (the common case), else
+        through :meth:`read_phys`."""
+        size = len(buf)
+        seg = self._segment_at(paddr)
+        if seg is not None and paddr + size <= seg.phys_start + seg.file_size:
+            self.raw.read_into(seg.file_offset + paddr - seg.phys_start, buf,
+                               what=f"memory at {paddr:#x}")
+            return
+        super().read_phys_into(paddr, buf)
 
     def _segment_at(self, paddr: int) -> Segment | None:
         for seg in self.segments:

@@ -1,7 +1,8 @@
 """Positioned, counted reads from one file.
 
-Every byte slimdump takes from a dump goes through :meth:`RawFile.read_at`,
-so a command can say (and a test can assert) exactly how much it read.
+Every byte slimdump takes from a dump goes through :meth:`RawFile.read_at`
+(or :meth:`RawFile.read_into`, the same into a caller's buffer), so a
+command can say (and a test can assert) exactly how much it read.
 Short reads and I/O errors become :class:`DumpError` naming the file.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 
 from slimdump.errors import DumpError
 
@@ -22,6 +24,9 @@ class RawFile:
         self.size = size
         self.bytes_read = 0
         self.reads = 0
+        # reads may come from several threads (the struct page walk): the
+        # counts are updated under a lock so that none is lost
+        self._count_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RawFile:
@@ -61,14 +66,44 @@ class RawFile:
                 break
             chunks.append(chunk)
             done += len(chunk)
-        self.bytes_read += done
-        self.reads += 1
+        self._count(done)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if done < size and not allow_short:
             raise DumpError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
                                        f"{offset + size:#x} but the file ends at "
                                        f"{offset + done:#x}")
         return data
+
+    def read_into(self, offset: int, buf: memoryview, *, what: str = "data") -> None:
+        """Fill ``buf`` (a writable byte view) from ``offset``, with pread
+        into the buffer itself (no intermediate bytes object: the struct page
+        walk reads tens of MiB this way); counted and checked like
+        :meth:`read_at`: DumpError if the file ends first (the bytes before
+        the end are then in ``buf``) or the read fails."""
+        size = len(buf)
+        if offset < 0 or offset + size > 1 << 63:
+            raise DumpError(self.path, f"{what} at offset {offset:#x} lies beyond any file")
+        done = 0
+        while done < size:
+            try:
+                got = os.preadv(self.fd, [buf[done:]], offset + done)
+            except OSError as exc:
+                raise DumpError(self.path, f"read error at offset {offset + done:#x} "
+                                           f"({what}): {exc.strerror or exc}") from None
+            if not got:
+                break
+            done += got
+        self._count(done)
+        if done < size:
+            raise DumpError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
+                                       f"{offset + size:#x} but the file ends at "
+                                       f"{offset + done:#x}")
+
+    def _count(self, nbytes: int) -> None:
+        """One read of ``nbytes`` more, counted."""
+        with self._count_lock:
+            self.bytes_read += nbytes
+            self.reads += 1
 
     def close(self) -> None:
         if self.fd >= 0:
