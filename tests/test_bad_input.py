@@ -192,3 +192,20 @@ def test_mutated_real_headers(real_headers: bytes, data: st.DataObject) -> None:
     finally:
         shutil.rmtree(work)
     assert not os.path.exists(work)
+
+
+def test_memory_map_beyond_physical_address_space(tmp_path: Path) -> None:
+    """A PT_LOAD above 2^52 (no machine has such addresses) is refused in
+    one line, rather than walking a petabyte-sized page bitmap."""
+    path = tmp_path / "vmcore"
+    path.write_bytes(sc.build_core(
+        [sc.Note(b"CORE", sc.NT_PRSTATUS, sc.prstatus_x86_64(1, sc.sample_regs_x86_64(0)))],
+        [sc.Load(0x100000, 0xFFFF888000100000, bytes(4096)),
+         sc.Load(1 << 53, 0xFFFF888000200000, bytes(4096))]))
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    for options in ([], ["-E"], ["-F"]):
+        res = slimdump("capture", *options, path, outdir / "x")
+        assert_clean_failure(res.returncode, res.stderr, path)
+        assert "beyond a 52-bit physical address space" in res.stderr
+    assert list(outdir.iterdir()) == []

@@ -207,14 +207,20 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     level = (0 if decision.action == FULL else options.dump_level) | (
         getattr(source, "dump_level", 0) or 0)
     chosen = replace(options, dump_level=level)
-    selection = select_pages(source, level, poisoned)
+    # large bitmaps go to a temporary file on the dump's file system, not to
+    # a capture kernel's RAM-backed /tmp
+    directory = None if dst in (None, "-") else os.path.dirname(os.path.abspath(dst))
+    selection = select_pages(source, level, poisoned, directory=directory)
     extra_notes = []
     if poisoned and decision.reason is not None:
         meta = slim_metadata(source, decision)
         meta["excluded_pages"] = [{"pfn": pfn, "why": "machine check ADDR"} for pfn in poisoned]
         extra_notes.append(metadata_note(meta))
-    result = write_dump(source, dst, chosen, selection, extra_notes=extra_notes,
-                        overwrite=overwrite, progress=progress)
+    try:
+        result = write_dump(source, dst, chosen, selection, extra_notes=extra_notes,
+                            overwrite=overwrite, progress=progress)
+    finally:
+        selection.close()
     decision.warnings.extend(selection.warnings)
     details = {"pages": result.pages, "dump_level": level, "format": chosen.format,
                "codec": chosen.codec, "excluded": selection.counts, **result.details}

@@ -13,70 +13,115 @@ because filtering failed.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-import numpy as np
-
+from slimdump.bitmap import PfnBitmap
 from slimdump.elf import Note, frame_notes
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.pages import (
+    DEFAULT_CYCLE,
     DL_ZERO,
     ExclusionCounts,
     PageClassifier,
     cycles,
     max_mapnr,
     present_range,
+    usable_segments,
 )
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.progress import Progress
-from slimdump.sources.base import DumpSource
+from slimdump.sources.base import DumpSource, Segment
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
 from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
+
+# The widest physical address space of any architecture slimdump reads.
+MAX_PHYSMEM_BITS = 52
 
 # Pages per -E write cycle: 4 MiB of page data at a time.  (The kdump writer
 # bounds its own memory: TASK_PAGES-page tasks, a few per CPU in flight.)
 CYCLE_PAGES = 1024
 
 
-# Packed bitmaps beyond this many bytes (two of them) would break the memory
-# bound; no real machine slimdump has met needs it (1 GiB = 32 TiB of RAM).
-MAX_BITMAP_BYTES = 1 << 30
-
-
 @dataclass
 class PageSelection:
-    """Both bitmaps, packed (LSB = lowest pfn, as in the kdump file)."""
+    """Both bitmaps (1st: the source holds the page; 2nd: the page goes in),
+    as :class:`~slimdump.bitmap.PfnBitmap` (in memory when small, in
+    a temporary file beside the dump when large)."""
 
-    bitmap1: np.ndarray           # uint8: the source holds the page
-    bitmap2: np.ndarray           # uint8: the page goes in
+    bitmap1: PfnBitmap
+    bitmap2: PfnBitmap
     max_mapnr: int
     page_size: int
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def dumpable_pages(self) -> int:
-        return int(np.unpackbits(self.bitmap2).sum())
+        return self.bitmap2.popcount()
+
+    def close(self) -> None:
+        self.bitmap1.close()
+        self.bitmap2.close()
+
+
+def _populated_cycles(segments: Sequence[Segment], page_size: int,
+                      nr: int) -> Iterator[tuple[int, int]]:
+    """The classification cycles that hold any pfn of a segment, in order:
+    a memory map with a few GiB at 0 and a few at 16 TiB is not walked
+    through the hole."""
+    spans = sorted((s.phys_start // page_size, -(-s.phys_end // page_size))
+                   for s in usable_segments(segments))
+    done = 0
+    for a, b in spans:
+        first = max(a // DEFAULT_CYCLE * DEFAULT_CYCLE, done)
+        last = min(nr, -(-b // DEFAULT_CYCLE) * DEFAULT_CYCLE)    # whole cycles
+        for start, end in cycles(first, last):
+            yield start, end
+            done = end
 
 
 def select_pages(source: DumpSource, dump_level: int,
-                 exclude_pfns: Iterable[int] = ()) -> PageSelection:
+                 exclude_pfns: Iterable[int] = (), *,
+                 directory: str | None = None) -> PageSelection:
     """The two bitmaps for ``dump_level``, classified cycle by cycle (cycles
-    are multiples of 8 pfns, so each lands on whole bytes)."""
+    are multiples of 8 pfns, so each lands on whole bytes).  Large bitmaps
+    live in an unlinked file in ``directory`` (default: TMPDIR)."""
     info = VmcoreInfo.from_notes(source.notes)
     page_size = (info.page_size if info else None) or 4096
     nr = max_mapnr(source.segments, page_size)
-    nbytes = (nr + 7) // 8
-    if nbytes > MAX_BITMAP_BYTES:
-        raise DumpError(source.path, f"memory map claims {nr * page_size:#x} bytes of "
-                                     "physical memory, more than slimdump can filter")
-    bitmap1 = np.zeros(nbytes, np.uint8)
-    bitmap2 = np.zeros(nbytes, np.uint8)
+    # no real machine's memory map reaches past its physical address width
+    # (the kernel's MAX_PHYSMEM_BITS, at most 52 on x86_64 and arm64); a
+    # segment beyond it is corruption, not a reason to walk petabytes of map
+    bits = (info.number("MAX_PHYSMEM_BITS") if info else None) or MAX_PHYSMEM_BITS
+    if nr * page_size > 1 << min(bits, MAX_PHYSMEM_BITS):
+        raise DumpError(source.path, f"memory map reaches {nr * page_size:#x}, beyond a "
+                                     f"{min(bits, MAX_PHYSMEM_BITS)}-bit physical address "
+                                     "space")
+    bitmap1 = PfnBitmap(nr, directory=directory)
+    try:
+        bitmap2 = PfnBitmap(nr, directory=directory)
+    except DumpError:
+        bitmap1.close()
+        raise
     selection = PageSelection(bitmap1, bitmap2, nr, page_size)
+    try:
+        _classify_into(source, info, dump_level, selection)
+        for pfn in exclude_pfns:
+            bitmap2.clear(pfn)
+    except BaseException:
+        selection.close()
+        raise
+    return selection
+
+
+def _classify_into(source: DumpSource, info: VmcoreInfo | None, dump_level: int,
+                   selection: PageSelection) -> None:
+    page_size = selection.page_size
     classifier = None
     if dump_level & ~DL_ZERO:
         try:
@@ -88,8 +133,10 @@ def select_pages(source: DumpSource, dump_level: int,
                                       f"every page (dump level {dump_level & DL_ZERO})")
     counts = ExclusionCounts()
     dumped = getattr(source, "bitmap2", None)     # a kdump-compressed source's own choice
-    for start, end in cycles(0, nr):
+    for start, end in _populated_cycles(source.segments, page_size, selection.max_mapnr):
         present = present_range(source.segments, page_size, start, end)
+        if not present.any():
+            continue                               # both bitmaps are zero already
         keep = present
         if classifier is not None:
             try:
@@ -102,15 +149,10 @@ def select_pages(source: DumpSource, dump_level: int,
                 keep = present & ~classes.excluded
                 counts.add(classes.counts)
         if dumped is not None:   # re-filtering a saved dump: what it left out stays out
-            keep = keep & np.unpackbits(dumped[start // 8:(end + 7) // 8],
-                                        bitorder="little")[:end - start].astype(bool)
-        bitmap1[start // 8:(end + 7) // 8] = np.packbits(present, bitorder="little")
-        bitmap2[start // 8:(end + 7) // 8] = np.packbits(keep, bitorder="little")
+            keep = keep & dumped.bits(start, end - start)
+        selection.bitmap1.set_bits(start, present)
+        selection.bitmap2.set_bits(start, keep)
     selection.counts = counts.as_dict() if classifier is not None else {}
-    for pfn in exclude_pfns:
-        if 0 <= pfn < nr:
-            bitmap2[pfn // 8] &= ~np.uint8(1 << (pfn % 8))
-    return selection
 
 
 @dataclass

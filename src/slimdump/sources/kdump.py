@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from slimdump.bitmap import PfnBitmap
 from slimdump.elf import (
     EM_386,
     ET_CORE,
@@ -286,22 +288,6 @@ def popcount(packed: np.ndarray) -> int:
     return int(_POPCOUNT[packed].sum(dtype=np.int64))
 
 
-def bitmap_runs(packed: np.ndarray, nbits: int, chunk: int = 1 << 24) -> list[tuple[int, int]]:
-    """``[(first_pfn, count)]`` for the runs of set bits of a packed
-    (LSB-first) bitmap, unpacking at most ``chunk`` bits at a time."""
-    runs: list[tuple[int, int]] = []
-    for base in range(0, nbits, chunk):
-        bits = np.unpackbits(packed[base // 8:(base + chunk) // 8], bitorder="little")
-        bits = bits[:min(chunk, nbits - base)].astype(np.int8)
-        edges = np.flatnonzero(np.diff(bits, prepend=0, append=0))
-        for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-            if runs and runs[-1][0] + runs[-1][1] == base + start:
-                runs[-1] = (runs[-1][0], runs[-1][1] + end - start)
-            else:
-                runs.append((base + start, end - start))
-    return runs
-
-
 class KdumpFile(DumpSource):
     """A kdump-compressed (or old diskdump) file opened for reading."""
 
@@ -349,7 +335,7 @@ class KdumpFile(DumpSource):
         self.notes = self._parse_notes()
         self.header = self._elf_header(machine)
         self.segments = [Segment(start * bs, 0, count * bs, 0, count * bs)
-                         for start, count in bitmap_runs(self.bitmap1, self.max_mapnr)]
+                         for start, count in self.bitmap1.runs()]
         self._cache: OrderedDict[int, bytes] = OrderedDict()
 
     # -- opening ---------------------------------------------------------------
@@ -384,21 +370,23 @@ class KdumpFile(DumpSource):
         if nbytes > capacity:
             raise DumpError(self.path, f"kdump bitmaps ({hdr.bitmap_blocks} blocks) are too "
                                        f"small for max_mapnr {self.max_mapnr}")
-        tail_mask = (1 << (self.max_mapnr % 8)) - 1 if self.max_mapnr % 8 else 0xFF
+        def region(offset: int, what: str) -> Callable[[int, int], bytes]:
+            return lambda at, size: self.raw.read_at(offset + at, size, what=what)
 
-        def load(offset: int, what: str) -> np.ndarray:
-            arr = np.frombuffer(self.raw.read_at(offset, nbytes, what=what), np.uint8).copy()
-            arr[-1] &= tail_mask
-            return arr
-
-        self.bitmap1 = load(self.bitmap_offset, "1st bitmap")
-        self.bitmap2 = (load(self.bitmap_offset + hdr.bitmap_blocks // 2 * bs, "2nd bitmap")
+        # small bitmaps are loaded, large ones read a window at a time: a
+        # saved dump of a 16 TiB memory map holds 512 MiB bitmaps
+        self.bitmap1 = PfnBitmap.over(region(self.bitmap_offset, "1st bitmap"),
+                                      self.max_mapnr)
+        self.bitmap2 = (PfnBitmap.over(region(self.bitmap_offset + hdr.bitmap_blocks // 2 * bs,
+                                              "2nd bitmap"), self.max_mapnr)
                         if two_bitmaps else self.bitmap1)
-        counts = _POPCOUNT[self.bitmap2]
-        pad = (-len(counts)) % (PREFIX_BLOCK // 8)
-        per_block = np.concatenate([counts, np.zeros(pad, np.uint8)]).reshape(
-            -1, PREFIX_BLOCK // 8).sum(axis=1, dtype=np.int64)
-        self._prefix = np.concatenate([[0], np.cumsum(per_block)]).astype(np.int64)
+        # rank index: set bits before each block of pfns, at most ~1M blocks
+        block = PREFIX_BLOCK
+        while -(-self.max_mapnr // block) > 1 << 20:
+            block *= 2
+        self._prefix_block = block
+        self._prefix = np.concatenate([[0], np.cumsum(self.bitmap2.counts(block))]).astype(
+            np.int64)
         if self.split:
             first, last = self.sub_header.start_pfn_64, self.sub_header.end_pfn_64
             if self.header_version < 6:
@@ -499,17 +487,18 @@ class KdumpFile(DumpSource):
         """The page is in the 2nd bitmap (and in this file's split range)."""
         if not self.pfn_range[0] <= pfn < self.pfn_range[1]:
             return False
-        return bool(self.bitmap2[pfn >> 3] >> (pfn & 7) & 1)
+        return bool(self.bitmap2.read(pfn >> 3, 1)[0] >> (pfn & 7) & 1)
 
     def _rank(self, pfn: int) -> int:
         """Set bits of the 2nd bitmap below ``pfn`` (0 <= pfn <= max_mapnr)."""
-        block = pfn // PREFIX_BLOCK
-        first_byte, last_byte = block * (PREFIX_BLOCK // 8), pfn >> 3
+        block = pfn // self._prefix_block
+        first_byte, last_byte = block * (self._prefix_block // 8), pfn >> 3
         rank = int(self._prefix[block])
-        if last_byte > first_byte:
-            rank += int(_POPCOUNT[self.bitmap2[first_byte:last_byte]].sum(dtype=np.int64))
-        if pfn & 7:
-            rank += int(_POPCOUNT[self.bitmap2[last_byte] & ((1 << (pfn & 7)) - 1)])
+        if last_byte > first_byte or pfn & 7:
+            part = self.bitmap2.read(first_byte, last_byte - first_byte + 1)
+            rank += int(_POPCOUNT[part[:-1]].sum(dtype=np.int64))
+            if pfn & 7:
+                rank += int(_POPCOUNT[part[-1] & ((1 << (pfn & 7)) - 1)])
         return rank
 
     def _descriptors(self, pos: int, count: int) -> np.ndarray:
@@ -523,10 +512,13 @@ class KdumpFile(DumpSource):
         """``count`` consecutive dumped pages from ``pfn``; NotInDump at the
         first page the file does not hold."""
         pages: list[bytes] = []
-        for at in range(pfn, pfn + count):
-            if not self.is_dumped(at):
-                raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
-                                           f"(pfn {at:#x}) is not in the dump")
+        lo, hi = self.pfn_range
+        held = self.bitmap2.bits(pfn, count) & (np.arange(pfn, pfn + count) >= lo) \
+            & (np.arange(pfn, pfn + count) < hi)
+        if not held.all():
+            at = pfn + int(np.argmin(held))
+            raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
+                                       f"(pfn {at:#x}) is not in the dump")
         pos = self._rank(pfn) - self._first_pos
         descs = self._descriptors(pos, count)   # split files: slot 0 = their first page
         offsets = descs["offset"].astype(np.int64)

@@ -20,6 +20,8 @@ class AtomicOutput:
     """Context manager: ``with AtomicOutput(dst) as out: os.write(out.fd, ...)``,
     then ``out.commit()``.  Leaving the block without commit() discards."""
 
+    holes_read_zero = True      # a new file: writers may leave zero ranges unwritten
+
     def __init__(self, dst: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         self.dst = os.fspath(dst)
         self.overwrite = overwrite

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from slimdump.bitmap import PfnBitmap
 from slimdump.elf import PN_XNUM, PT_LOAD, PT_NOTE, ElfHeader, ProgramHeader
 from slimdump.errors import DumpError
 from slimdump.sources.base import Segment
@@ -41,7 +42,7 @@ from slimdump.writers.kdump import (
     PositionedOutput,
     ReadPages,
     as_output,
-    pack_bitmap,
+    as_pfn_bitmap,
 )
 
 PFN_EXCLUDED = 256          # excluded pages that split a segment
@@ -66,24 +67,27 @@ def _as_phdr(load: ProgramHeader | Segment) -> ProgramHeader:
                          load.file_size, load.mem_size, 0)
 
 
-def _dumpable_bits(bitmap: np.ndarray, first: int, count: int) -> np.ndarray:
-    """Unpacked bits [first, first + count) of a packed bitmap, False beyond it."""
-    out = np.zeros(count, np.bool_)
-    nbits = len(bitmap) * 8
-    if first >= nbits:
-        return out
-    lo, hi = first // 8, min(len(bitmap), (first + count + 7) // 8)
-    bits = np.unpackbits(bitmap[lo:hi], bitorder="little")[first - lo * 8:]
-    take = min(count, len(bits))
-    out[:take] = bits[:take].astype(np.bool_)
-    return out
+def _dumpability_runs(bitmap: PfnBitmap, first: int,
+                      count: int) -> Iterator[tuple[bool, int, int]]:
+    """``(dumpable, lo, hi)``: maximal runs of equal dumpability over pages
+    ``first + lo .. first + hi - 1`` (False past the bitmap's end), from the
+    bitmap's runs of set bits, so empty stretches cost nothing."""
+    at = 0
+    for pfn, n in bitmap.runs(first, first + count):
+        lo = pfn - first
+        if lo > at:
+            yield False, at, lo
+        yield True, lo, lo + n
+        at = lo + n
+    if at < count:
+        yield False, at, count
 
 
-def plan_loads(loads: Sequence[ProgramHeader | Segment], bitmap: BitmapLike, page_size: int,
-               nbits: int | None = None) -> list[ProgramHeader]:
+def plan_loads(loads: Sequence[ProgramHeader | Segment], bitmap: BitmapLike | PfnBitmap,
+               page_size: int, nbits: int | None = None) -> list[ProgramHeader]:
     """The output PT_LOADs for ``loads`` under the dumpable ``bitmap``, with
     p_offset relative to the start of the segment data (fixed when written)."""
-    packed = pack_bitmap(bitmap, nbits if nbits is not None else _bitmap_bits(bitmap))
+    bitmap = as_pfn_bitmap(bitmap, nbits if nbits is not None else _bitmap_bits(bitmap))
     out: list[ProgramHeader] = []
     for load in map(_as_phdr, loads):
         if load.p_type != PT_LOAD or load.p_memsz == 0:
@@ -91,17 +95,11 @@ def plan_loads(loads: Sequence[ProgramHeader | Segment], bitmap: BitmapLike, pag
         start, end = load.p_paddr, load.p_paddr + load.p_memsz
         first, last = start // page_size, (end - 1) // page_size
         count = last - first + 1
-        lengths = np.full(count, page_size, np.int64)
-        lengths[-1] = end - last * page_size
-        lengths[0] -= start - first * page_size
-        dumpable = _dumpable_bits(packed, first, count)
-        # runs of equal dumpability: (is_dumpable, pages, bytes)
-        edges = np.flatnonzero(np.diff(dumpable.astype(np.int8), prepend=-1, append=-1))
-        ends = np.concatenate([[0], np.cumsum(lengths)])
         paddr, vaddr, memsz, filesz, excluded = start, load.p_vaddr, 0, 0, 0
-        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
-            nbytes = int(ends[hi] - ends[lo])
-            if not dumpable[lo]:
+        for dumpable, lo, hi in _dumpability_runs(bitmap, first, count):
+            # bytes of pages lo..hi-1, the first and last page of the load partial
+            nbytes = min(end, (first + hi) * page_size) - max(start, (first + lo) * page_size)
+            if not dumpable:
                 memsz += nbytes
                 excluded = hi - lo
                 continue
@@ -119,37 +117,43 @@ def plan_loads(loads: Sequence[ProgramHeader | Segment], bitmap: BitmapLike, pag
     return out
 
 
-def _bitmap_bits(bitmap: BitmapLike) -> int:
+def _bitmap_bits(bitmap: BitmapLike | PfnBitmap) -> int:
+    if isinstance(bitmap, PfnBitmap):
+        return bitmap.nbits
     if isinstance(bitmap, np.ndarray) and bitmap.dtype == np.bool_:
         return len(bitmap)
     return len(memoryview(bitmap).cast("B")) * 8 if not isinstance(bitmap, np.ndarray) \
         else bitmap.size * 8
 
 
-def clear_zero_pages(bitmap: BitmapLike, read_pages: ReadPages, page_size: int,
-                     nbits: int | None = None, cycle_pages: int = CYCLE_PAGES) -> np.ndarray:
-    """The packed bitmap without its all-zero pages (makedumpfile's zero
-    pass for ELF output); reads every page the bitmap sets once."""
-    nbits = nbits if nbits is not None else _bitmap_bits(bitmap)
-    packed = pack_bitmap(bitmap, nbits)
-    for start in range(0, nbits, cycle_pages):
-        end = min(nbits, start + cycle_pages)
-        bits = _dumpable_bits(packed, start, end - start)
-        if not bits.any():
+def clear_zero_pages(bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, page_size: int,
+                     nbits: int | None = None, cycle_pages: int = CYCLE_PAGES) -> PfnBitmap:
+    """The bitmap without its all-zero pages (makedumpfile's zero pass for
+    ELF output), as a new bitmap stored like the given one; reads every page
+    the bitmap sets once."""
+    source = as_pfn_bitmap(bitmap, nbits if nbits is not None else _bitmap_bits(bitmap))
+    result = source.empty_like()
+    window = max(cycle_pages, 1 << 16) // 8
+    for offset, packed in source.windows(window, data_only=True):
+        if not packed.any():
             continue
+        start = offset * 8
+        bits = np.unpackbits(packed, bitorder="little").astype(np.bool_)
         edges = np.flatnonzero(np.diff(bits.astype(np.int8), prepend=0, append=0))
         for lo, hi in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-            data = read_pages(start + lo, hi - lo)
-            pages = np.frombuffer(data, np.uint8).reshape(hi - lo, page_size)
-            zero = ~pages.view(np.uint64).any(axis=1)
-            bits[lo:hi] &= ~zero
-        packed[start // 8:(end + 7) // 8] = np.packbits(bits, bitorder="little")
-    return packed
+            for at in range(lo, hi, cycle_pages):
+                n = min(cycle_pages, hi - at)
+                data = read_pages(start + at, n)
+                pages = np.frombuffer(data, np.uint8).reshape(n, page_size)
+                bits[at:at + n] &= pages.view(np.uint64).any(axis=1)
+        result.write(offset, np.packbits(bits, bitorder="little"))
+    return result
 
 
 def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: bytes,
-                       loads: Sequence[ProgramHeader | Segment], bitmap: BitmapLike,
-                       read_pages: ReadPages, *, page_size: int = 4096,
+                       loads: Sequence[ProgramHeader | Segment],
+                       bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, *,
+                       page_size: int = 4096,
                        exclude_zero: bool = False, nbits: int | None = None,
                        progress: Callable[[int], None] | None = None,
                        cycle_pages: int = CYCLE_PAGES) -> ElfResult:
@@ -162,8 +166,10 @@ def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: by
     target = as_output(out)
     nbits = nbits if nbits is not None else _bitmap_bits(bitmap)
     if exclude_zero:
-        bitmap = clear_zero_pages(bitmap, read_pages, page_size, nbits, cycle_pages)
-    planned = plan_loads(loads, bitmap, page_size, nbits)
+        with clear_zero_pages(bitmap, read_pages, page_size, nbits, cycle_pages) as nonzero:
+            planned = plan_loads(loads, nonzero, page_size, nbits)
+    else:
+        planned = plan_loads(loads, bitmap, page_size, nbits)
     phnum = 1 + len(planned)
     extended = phnum >= PN_XNUM
     elf = header.core_like(PN_XNUM if extended else phnum)

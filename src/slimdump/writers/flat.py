@@ -55,7 +55,12 @@ def _write_all(stream: BinaryIO | int, data: bytes | memoryview, name: str) -> N
 class FlatWriter:
     """A flattened stream on ``stream`` (a binary file object, e.g.
     ``sys.stdout.buffer``, or a file descriptor).  The start header is
-    written at once; :meth:`finish` writes the end marker and flushes."""
+    written at once; :meth:`finish` writes the end marker and flushes.
+
+    Ranges no record covers read as zeros (makedumpfile -R writes records
+    into a new file, our reader fills them in), so writers may skip zeros."""
+
+    holes_read_zero = True
 
     def __init__(self, stream: BinaryIO | int, *, name: str = "<stdout>",
                  max_record: int = MAX_RECORD) -> None:

@@ -37,6 +37,7 @@ from typing import Protocol
 
 import numpy as np
 
+from slimdump.bitmap import PfnBitmap
 from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame_notes, parse_notes
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.pages import max_mapnr as pfn_count
@@ -51,7 +52,6 @@ from slimdump.sources.kdump import (
     KdumpAbi,
     KdumpSubHeader,
     Utsname,
-    popcount,
 )
 from slimdump.writers.codecs import (
     DUMP_DH_COMPRESSED_INCOMPLETE,
@@ -119,6 +119,16 @@ def pack_bitmap(bitmap: BitmapLike, nbits: int) -> np.ndarray:
     if nbits % 8 and nbytes:
         out[-1] &= (1 << (nbits % 8)) - 1
     return out
+
+
+def as_pfn_bitmap(bitmap: BitmapLike | PfnBitmap, nbits: int) -> PfnBitmap:
+    """``bitmap`` as a :class:`PfnBitmap` of exactly ``nbits`` bits (arrays
+    and bytes are copied into memory, as :func:`pack_bitmap` does)."""
+    if isinstance(bitmap, PfnBitmap):
+        if bitmap.nbits != nbits:
+            raise ValueError(f"bitmap of {bitmap.nbits} bits where {nbits} are needed")
+        return bitmap
+    return PfnBitmap.from_array(pack_bitmap(bitmap, nbits), nbits)
 
 
 class PageReader:
@@ -329,11 +339,11 @@ class KdumpWriter:
         self.cycle_pages = cycle_pages
         self.workers = workers if workers is not None else _default_workers()
         self.executor = executor
-        self.bitmap1 = pack_bitmap(bitmap1, meta.max_mapnr)
-        self.bitmap2 = pack_bitmap(bitmap2, meta.max_mapnr)
-        if (self.bitmap2 & ~self.bitmap1).any():
+        self.bitmap1 = as_pfn_bitmap(bitmap1, meta.max_mapnr)
+        self.bitmap2 = as_pfn_bitmap(bitmap2, meta.max_mapnr)
+        if not self.bitmap2.is_subset_of(self.bitmap1):
             raise ValueError("the 2nd bitmap sets pages that the 1st bitmap does not")
-        self.num_dumpable = popcount(self.bitmap2)
+        self.num_dumpable = self.bitmap2.popcount()
         self.notes = meta.notes
         self.sub_hdr_size = -(-(self.abi.sub_header_size + len(self.notes)) // ps)
         self.bitmap_bytes = (meta.max_mapnr + 7) // 8
@@ -402,13 +412,16 @@ class KdumpWriter:
         self.out.write(self.header_bytes(), 0)
         self.out.write(self.sub_header_bytes() + self.notes, ps)
         per_bitmap = self.bitmap_blocks // 2 * ps
+        # a new file reads zeros where nothing was written: zero windows of a
+        # huge, mostly empty bitmap stay holes
+        holes = getattr(self.out, "holes_read_zero", False)
         for index, bitmap in enumerate((self.bitmap1, self.bitmap2)):
             base = self.bitmap_offset + index * per_bitmap
-            chunk = 8 << 20
-            for at in range(0, per_bitmap, chunk):
-                part = bitmap[at:at + chunk].tobytes()
-                part += bytes(min(chunk, per_bitmap - at) - len(part))
-                self.out.write(part, base + at)
+            for at, part in bitmap.windows(data_only=holes):
+                if not holes or part.any():
+                    self.out.write(part.tobytes(), base + at)
+            if bitmap.nbytes < per_bitmap and not holes:    # pad to whole blocks
+                self.out.write(bytes(per_bitmap - bitmap.nbytes), base + bitmap.nbytes)
 
     # -- pages -----------------------------------------------------------------
 
@@ -468,25 +481,17 @@ class KdumpWriter:
         parallel_reads = executor is not None and getattr(read_pages, "thread_safe", False)
         runs: list[tuple[int, int]] = []
         size = 0
-        scan = max(self.cycle_pages, SCAN_PFNS)
-        for start in range(0, nbits, scan):
-            end = min(nbits, start + scan)
-            packed = self.bitmap2[start // 8:(end + 7) // 8]
-            if not packed.any():
-                continue
-            bits = np.unpackbits(packed, bitorder="little")[:end - start].astype(np.int8)
-            edges = np.flatnonzero(np.diff(bits, prepend=0, append=0))
-            for lo, hi in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-                pfn, left = start + lo, hi - lo
-                while left:
-                    take = min(left, TASK_PAGES - size)
-                    runs.append((pfn, take))
-                    size += take
-                    pfn += take
-                    left -= take
-                    if size == TASK_PAGES:
-                        yield self._task(read_pages, runs, size, executor, parallel_reads)
-                        runs, size = [], 0
+        for first, count in self.bitmap2.runs(0, nbits, max(self.cycle_pages, SCAN_PFNS)):
+            pfn, left = first, count
+            while left:
+                take = min(left, TASK_PAGES - size)
+                runs.append((pfn, take))
+                size += take
+                pfn += take
+                left -= take
+                if size == TASK_PAGES:
+                    yield self._task(read_pages, runs, size, executor, parallel_reads)
+                    runs, size = [], 0
         if runs:
             yield self._task(read_pages, runs, size, executor, parallel_reads)
 
