@@ -213,3 +213,16 @@ def test_huge_sparse_memory_map(tmp_path: Path) -> None:
         for addr, data in ((0x100000, low_data), (high, high_data)):
             for offset in (0, 0x1000, len(data) - 0x1000):
                 assert prog.read(addr + offset, 0x1000, True) == data[offset:offset + 0x1000]
+
+
+def test_num_threads(tmp_path: Path) -> None:
+    """makedumpfile's --num-threads: one thread or several, the same file;
+    a count that is not a positive number is refused in one line."""
+    src = real_vmcore("6.1-sysrq")
+    one, many = tmp_path / "one", tmp_path / "many"
+    assert slimdump("capture", "-c", "--num-threads", "1", src, one).returncode == 0
+    assert slimdump("capture", "-c", "--num-threads", "3", src, many).returncode == 0
+    assert one.read_bytes() == many.read_bytes()
+    res = slimdump("capture", "-c", "--num-threads", "0", src, tmp_path / "zero")
+    assert res.returncode != 0 and "thread count 0 is not in 1-256" in res.stderr
+    assert not (tmp_path / "zero").exists()

@@ -63,7 +63,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     if args.dst in (None, "-") and args.format != "flat":
         raise DumpError(None, "DST is required (only -F writes to standard output)")
-    options = DumpOptions(args.format, args.codec, args.dump_level)
+    options = DumpOptions(args.format, args.codec, args.dump_level, args.threads)
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
                      progress=False if args.no_progress else None, policy=policy,
                      dump_dmesg=args.dump_dmesg, options=options)
@@ -158,6 +158,16 @@ def _dump_level(text: str) -> int:
     return level
 
 
+def _threads(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"thread count {text!r} is not a number") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"thread count {count} is not in 1-256")
+    return count
+
+
 def cmd_reassemble(args: argparse.Namespace) -> int:
     from slimdump.writers.flat import reassemble
 
@@ -211,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("-d", dest="dump_level", type=_dump_level, default=31, metavar="LEVEL",
                      help="dump level 0-31, a sum of: 1 zero pages, 2 non-private cache, "
                           "4 private cache, 8 user pages, 16 free pages (default 31)")
+    fmt.add_argument("--num-threads", dest="threads", type=_threads, default=None,
+                     metavar="N", help="threads that read and compress pages, as makedumpfile's "
+                                       "--num-threads (default: one per CPU)")
     cap.set_defaults(codec="none", format="kdump")
     cap.add_argument("--full", action="store_true",
                      help="collect the complete vmcore whatever the reason")

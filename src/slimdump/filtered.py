@@ -195,7 +195,7 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
 
     def run(out: Any) -> Any:
         writer = KdumpWriter(out, meta, selection.bitmap1, selection.bitmap2,
-                             codec=options.codec)
+                             codec=options.codec, workers=options.threads)
         return writer.write(read_pages, bar_update)
 
     if options.format == FLAT:

@@ -21,6 +21,7 @@ class DumpOptions:
     format: str = KDUMP          # KDUMP, ELF or FLAT
     codec: str = "none"          # none, zlib, lzo, snappy, zstd
     dump_level: int = 31
+    threads: int | None = None   # --num-threads; None: one per CPU
 
 
 def output_path(dst: str | None) -> str:
