@@ -317,13 +317,17 @@ class KdumpWriter:
     (``num_dumpable``, ``desc_offset``, ``data_offset``...), :meth:`write`
     writes everything.
 
+    ``bitmap1``/``bitmap2``: :class:`~slimdump.bitmap.PfnBitmap` (used as
+    they are, whatever their size) or arrays/bytes (copied into memory).
     ``workers``: worker threads (default: all CPUs; 1 does everything in
     the calling thread).  ``executor``: an existing pool to use instead of
-    starting one.
+    starting one.  ``cycle_pages``: pfns of the 2nd bitmap scanned at once
+    (at least SCAN_PFNS).
     """
 
-    def __init__(self, out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLike,
-                 bitmap2: BitmapLike, *, codec: str | Codec = "zlib", workers: int | None = None,
+    def __init__(self, out: PositionedOutput | int, meta: KdumpMeta,
+                 bitmap1: BitmapLike | PfnBitmap, bitmap2: BitmapLike | PfnBitmap, *,
+                 codec: str | Codec = "zlib", workers: int | None = None,
                  cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None) -> None:
         self.out = as_output(out)
         self.meta = meta
