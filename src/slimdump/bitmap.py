@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from slimdump.errors import DumpError
+from slimdump.sources.rawfile import RawFile
 
 # Bitmaps up to this many bytes stay in memory (two of them: 16 MiB, enough
 # for 256 GiB of physical address space).
@@ -52,6 +53,7 @@ class PfnBitmap:
         self._reader: Callable[[int, int], bytes] | None = None
         self._cached: tuple[int, np.ndarray] | None = None
         self._fd = -1
+        self._file: RawFile | None = None       # the temporary file, for reads
         self._directory = directory
         self._name = directory or tempfile.gettempdir()
         if self.nbytes <= (MEMORY_LIMIT if memory_limit is None else memory_limit):
@@ -61,6 +63,7 @@ class PfnBitmap:
             self._fd, path = tempfile.mkstemp(prefix=".slimdump-bitmap-", dir=directory)
             os.unlink(path)
             os.ftruncate(self._fd, self.nbytes)
+            self._file = RawFile(self._name, self._fd, self.nbytes)
         except OSError as exc:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -134,17 +137,8 @@ class PfnBitmap:
         if self._reader is not None:
             self._read_through(offset, end, out)
             return out
-        view = memoryview(out)[:end - offset]
-        done = 0
-        while done < len(view):
-            try:
-                got = os.preadv(self._fd, [view[done:]], offset + done)
-            except OSError as exc:
-                raise DumpError(self._name, f"page bitmap read failed: "
-                                            f"{exc.strerror or exc}") from None
-            if not got:
-                break
-            done += got
+        assert self._file is not None
+        self._file.read_into(offset, memoryview(out)[:end - offset], what="page bitmap")
         return out
 
     def _read_through(self, offset: int, end: int, out: np.ndarray) -> None:
@@ -280,6 +274,7 @@ class PfnBitmap:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._file = None
         self._array = None
 
     def __enter__(self) -> PfnBitmap:
