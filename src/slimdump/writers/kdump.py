@@ -136,16 +136,15 @@ class PageReader:
     segment (or, for a filtered source, no dumped page) covers, as
     makedumpfile does for partial pages at segment edges.
 
-    ``thread_safe``: the writer may call it from several threads at once.
-    True for ELF cores, which read with pread() alone; kdump-compressed and
-    flattened sources keep caches and are read from one thread."""
+    ``thread_safe``: the writer may call it from several threads at once,
+    as the source says (:attr:`DumpSource.parallel_reads`: ELF cores, which
+    read with pread() alone; kdump-compressed and flattened sources keep
+    caches and are read from one thread)."""
 
     def __init__(self, source: DumpSource, page_size: int = 4096) -> None:
-        from slimdump.sources.elfcore import ElfCore
-
         self.source = source
         self.page_size = page_size
-        self.thread_safe = isinstance(source, ElfCore)
+        self.thread_safe = source.parallel_reads
 
     def __call__(self, start_pfn: int, count: int) -> bytes:
         source, page_size = self.source, self.page_size
