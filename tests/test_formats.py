@@ -280,19 +280,62 @@ def open_kdump_segments(vm: Vm) -> list:
             for a, b in zip(edges[0::2], edges[1::2], strict=True)]
 
 
+@pytest.mark.parametrize("dump_level", [1, 0])
 @pytest.mark.parametrize("codec", ["none", "zlib", "lzo", "snappy", "zstd"])
 def test_output_independent_of_threads_and_packer(vm: Vm, tmp_path: Path, codec: str,
+                                                  dump_level: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Worker threads and the C packer change only the speed: 2 workers, 1
-    worker and the pure-Python packer write the same file."""
+    worker and the pure-Python packer and descriptor builder write the same
+    file, with zero pages shared (level 1) or stored in place (level 0)."""
     some = vm.half & (np.arange(len(vm.half)) < 0x20000)
     threaded, single, python = (tmp_path / name for name in ("threaded", "single", "python"))
-    assert write_kdump_file(vm, threaded, some, codec, workers=2).workers == 2
-    assert write_kdump_file(vm, single, some, codec, workers=1).workers == 1
+    result = write_kdump_file(vm, threaded, some, codec, workers=2, dump_level=dump_level)
+    assert result.workers == 2
+    assert (result.zero_pages > 0) == (dump_level == 1)
+    assert write_kdump_file(vm, single, some, codec, workers=1,
+                            dump_level=dump_level).workers == 1
     monkeypatch.setattr(codecs, "NATIVE_PACK", None)
-    write_kdump_file(vm, python, some, codec, workers=2)
+    monkeypatch.setattr(kdump_writer, "_native_descriptors", None)
+    write_kdump_file(vm, python, some, codec, workers=2, dump_level=dump_level)
     assert filecmp.cmp(threaded, single, shallow=False)
     assert filecmp.cmp(threaded, python, shallow=False)
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_native_descriptors_equal_python(share: bool, big_endian: bool) -> None:
+    """The C descriptor builder writes what descriptors_python writes, which
+    is checked here field by field against the format (offset, size, flags,
+    zero page_flags; 24 bytes each in the dump's byte order)."""
+    if kdump_writer._native_descriptors is None:
+        pytest.skip("the C packer is not built here")
+    rng = np.random.default_rng(7)
+    zero = (rng.random(300) < 0.3).astype(np.uint8)
+    n = int(len(zero) - zero.sum())
+    flags = rng.choice([0, 2], n).astype(np.uint32)
+    sizes = np.where(flags == 0, 4096, rng.integers(10, 4095, n)).astype(np.uint32)
+    args = (zero.tobytes(), flags.tobytes(), sizes.tobytes(), 1 << 33, 0x5000, 4096, 2, 70,
+            big_endian, share)
+    native = kdump_writer._native_descriptors(*args)
+    assert native == kdump_writer.descriptors_python(*args)
+    descs = np.frombuffer(native[0], np.dtype([("offset", ">i8" if big_endian else "<i8"),
+                                               ("size", ">u4" if big_endian else "<u4"),
+                                               ("flags", ">u4" if big_endian else "<u4"),
+                                               ("pf", "u8")]))
+    z = zero.astype(bool)
+    assert (descs["pf"] == 0).all()
+    assert list(descs["size"][~z]) == list(sizes) and list(descs["flags"][~z]) == list(flags)
+    if share:
+        assert (descs["offset"][z] == 0x5000).all() and (descs["size"][z] == 4096).all()
+        stored = descs[~z]
+    else:
+        assert (descs["size"][z] == 70).all() and (descs["flags"][z] == 2).all()
+        stored = descs
+    offsets = (1 << 33) + np.cumsum(stored["size"].astype(np.int64)) - stored["size"]
+    assert (stored["offset"] == offsets).all()
+    assert native[1] == int(stored["size"].astype(np.int64).sum())
+    assert native[2] == int((stored["flags"] != 0).sum())
 
 
 def test_native_packer_built() -> None:

@@ -12,26 +12,67 @@ works on windows of it: :meth:`PfnBitmap.read`, :meth:`PfnBitmap.write`,
 
 Bits are packed LSB first (bit ``pfn % 8`` of byte ``pfn // 8``), as the
 kdump-compressed format stores them.
+
+Windows are plain ``bytearray`` objects and bits are counted and scanned with
+Python's big integers (``int.bit_count``, shifts), all in C: the capture
+path does not load numpy.  Only the conveniences that return arrays
+(:meth:`PfnBitmap.bits`, :meth:`PfnBitmap.counts`, :meth:`PfnBitmap.to_array`)
+import it, when called.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 from collections.abc import Callable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from slimdump.errors import DumpError
 from slimdump.sources.rawfile import RawFile
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Bitmaps up to this many bytes stay in memory (two of them: 16 MiB, enough
 # for 256 GiB of physical address space).
 MEMORY_LIMIT = 8 << 20
 # Bytes per window when a whole bitmap is walked (8 Mi pfns).
 WINDOW_BYTES = 1 << 20
+# Bytes of a window scanned as one integer by runs(): small enough that the
+# shifts stay cheap whatever the pattern, large enough for few iterations.
+_RUN_CHUNK = 512
+_NONZERO = re.compile(rb"[^\x00]+")
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+def popcount(data: bytes | bytearray | memoryview) -> int:
+    """Set bits in packed bytes."""
+    return int.from_bytes(data, "little").bit_count()
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """No bit set."""
+    return bytes(data).count(0) == len(data) if isinstance(data, memoryview) \
+        else data.count(0) == len(data)
+
+
+def bit_runs(packed: bytes | bytearray, first_bit: int = 0) -> Iterator[tuple[int, int]]:
+    """``(first, count)`` of each run of set bits in ``packed`` (bit ``i`` of
+    byte ``k`` is number ``first_bit + 8 * k + i``), in order; runs that
+    touch are not joined when they cross a scan chunk (callers join)."""
+    for match in _NONZERO.finditer(packed):
+        a, b = match.span()
+        for at in range(a, b, _RUN_CHUNK):
+            end = min(at + _RUN_CHUNK, b)
+            x = int.from_bytes(packed[at:end], "little")
+            pos = first_bit + 8 * at
+            while x:
+                low = (x & -x).bit_length() - 1      # clear bits before the run
+                x >>= low
+                pos += low
+                n = ((x + 1) & ~x).bit_length() - 1  # set bits in the run
+                yield pos, n
+                x >>= n
+                pos += n
 
 
 class PfnBitmap:
@@ -49,16 +90,19 @@ class PfnBitmap:
             raise ValueError("a bitmap cannot have a negative size")
         self.nbits = nbits
         self.nbytes = (nbits + 7) // 8
-        self._array: np.ndarray | None = None
+        self._array: bytearray | None = None
         self._reader: Callable[[int, int], bytes] | None = None
-        self._cached: tuple[int, np.ndarray] | None = None
+        self._cached: tuple[int, bytearray] | None = None
         self._fd = -1
         self._file: RawFile | None = None       # the temporary file, for reads
         self._directory = directory
-        self._name = directory or tempfile.gettempdir()
+        self._name = directory or "$TMPDIR"
         if self.nbytes <= (MEMORY_LIMIT if memory_limit is None else memory_limit):
-            self._array = np.zeros(self.nbytes, np.uint8)
+            self._array = bytearray(self.nbytes)
             return
+        import tempfile  # only for big bitmaps: a module the capture path spares
+
+        self._name = directory or tempfile.gettempdir()
         try:
             self._fd, path = tempfile.mkstemp(prefix=".slimdump-bitmap-", dir=directory)
             os.unlink(path)
@@ -77,7 +121,7 @@ class PfnBitmap:
         at a time, the last window cached."""
         nbytes = (nbits + 7) // 8
         if nbytes <= MEMORY_LIMIT:
-            return cls.from_array(np.frombuffer(read(0, nbytes), np.uint8), nbits)
+            return cls.from_array(read(0, nbytes), nbits)
         bitmap = cls(0)
         bitmap.nbits, bitmap.nbytes, bitmap._array = nbits, nbytes, None
         bitmap._reader = read
@@ -90,12 +134,13 @@ class PfnBitmap:
         return PfnBitmap(self.nbits, directory=self._directory, memory_limit=0)
 
     @classmethod
-    def from_array(cls, packed: np.ndarray | bytes | bytearray, nbits: int) -> PfnBitmap:
-        """An in-memory bitmap holding a copy of ``packed`` (bits past
-        ``nbits`` cleared; missing bytes are zero)."""
+    def from_array(cls, packed: Any, nbits: int) -> PfnBitmap:
+        """An in-memory bitmap holding a copy of ``packed`` (bytes, or a
+        uint8 array; bits past ``nbits`` cleared; missing bytes are zero)."""
         bitmap = cls(nbits, memory_limit=max(MEMORY_LIMIT, (nbits + 7) // 8))
-        src = np.frombuffer(bytes(packed), np.uint8) if not isinstance(packed, np.ndarray) \
-            else packed.astype(np.uint8, copy=False).reshape(-1)
+        if hasattr(packed, "dtype"):             # a numpy array, of any integer type
+            packed = packed.astype("uint8", copy=False).reshape(-1).tobytes()
+        src = memoryview(packed).cast("B")
         take = min(len(src), bitmap.nbytes)
         assert bitmap._array is not None
         bitmap._array[:take] = src[:take]
@@ -106,14 +151,17 @@ class PfnBitmap:
     def counts(self, block: int) -> np.ndarray:
         """Set bits per ``block`` pfns (a multiple of 8), int64, for a rank
         index: block ``i`` covers pfns ``[i * block, (i + 1) * block)``."""
+        import numpy as np
+
         if block <= 0 or block % 8:
             raise ValueError("count blocks are a positive multiple of 8 pfns")
         per = block // 8
         out = np.zeros(-(-self.nbytes // per), np.int64)
         size = max(WINDOW_BYTES // per, 1) * per
+        table = np.array([bin(i).count("1") for i in range(256)], np.uint8)
         for offset, window in self.windows(size, data_only=True):
             pad = (-len(window)) % per
-            counts = _POPCOUNT[np.concatenate([window, np.zeros(pad, np.uint8)])]
+            counts = table[np.frombuffer(bytes(window) + bytes(pad), np.uint8)]
             sums = counts.reshape(-1, per).sum(axis=1, dtype=np.int64)
             out[offset // per:offset // per + len(sums)] = sums
         return out
@@ -124,16 +172,17 @@ class PfnBitmap:
 
     # -- bytes ------------------------------------------------------------------
 
-    def read(self, offset: int, size: int) -> np.ndarray:
-        """Bytes [offset, offset + size) as a uint8 array (a copy), zeros past
-        the end."""
-        out = np.zeros(max(size, 0), np.uint8)
+    def read(self, offset: int, size: int) -> bytearray:
+        """Bytes [offset, offset + size) (a copy), zeros past the end."""
         end = min(self.nbytes, offset + size)
         if offset >= end:
-            return out
+            return bytearray(max(size, 0))
         if self._array is not None:
-            out[:end - offset] = self._array[offset:end]
+            out = self._array[offset:end]
+            if len(out) < size:
+                out += bytes(size - len(out))
             return out
+        out = bytearray(max(size, 0))
         if self._reader is not None:
             self._read_through(offset, end, out)
             return out
@@ -141,7 +190,7 @@ class PfnBitmap:
         self._file.read_into(offset, memoryview(out)[:end - offset], what="page bitmap")
         return out
 
-    def _read_through(self, offset: int, end: int, out: np.ndarray) -> None:
+    def _read_through(self, offset: int, end: int, out: bytearray) -> None:
         """Fill ``out`` with bytes [offset, end) of a read-only bitmap, a
         cached window at a time (lookups of single pfns stay cheap)."""
         assert self._reader is not None
@@ -150,7 +199,7 @@ class PfnBitmap:
             base = at // WINDOW_BYTES * WINDOW_BYTES
             if self._cached is None or self._cached[0] != base:
                 size = min(WINDOW_BYTES, self.nbytes - base)
-                window = np.frombuffer(self._reader(base, size), np.uint8).copy()
+                window = bytearray(self._reader(base, size))
                 if base + size == self.nbytes and self.nbits % 8:
                     window[-1] &= (1 << (self.nbits % 8)) - 1
                 self._cached = (base, window)
@@ -159,28 +208,28 @@ class PfnBitmap:
             out[at - offset:stop - offset] = window[at - base:stop - base]
             at = stop
 
-    def write(self, offset: int, data: np.ndarray | bytes) -> None:
-        """Store bytes at ``offset`` (within the bitmap)."""
-        packed = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) \
-            else data.astype(np.uint8, copy=False)
-        if offset < 0 or offset + len(packed) > self.nbytes:
+    def write(self, offset: int, data: Any) -> None:
+        """Store bytes (or a uint8 array) at ``offset`` (within the bitmap)."""
+        if hasattr(data, "dtype"):
+            data = data.astype("uint8", copy=False).tobytes()
+        if offset < 0 or offset + len(data) > self.nbytes:
             raise ValueError("write past the end of the bitmap")
         if self._reader is not None:
             raise ValueError("a bitmap inside a dump file is read-only")
         if self._array is not None:
-            self._array[offset:offset + len(packed)] = packed
+            self._array[offset:offset + len(data)] = data
             return
-        raw = packed.tobytes()
+        view = memoryview(data).cast("B")
         try:
-            while raw:
-                n = os.pwrite(self._fd, raw, offset)
-                raw, offset = raw[n:], offset + n
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view, offset = view[n:], offset + n
         except OSError as exc:
             raise DumpError(self._name, f"page bitmap write failed: "
                                         f"{exc.strerror or exc}") from None
 
     def windows(self, size: int = WINDOW_BYTES, *, data_only: bool = False,
-                start: int = 0, end: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytearray]]:
         """``(byte offset, bytes)`` over bytes [start, end) (default: all),
         ``size`` bytes at a time.  ``data_only``: skip windows that are
         certainly zero (holes of the temporary file, found with SEEK_DATA), so
@@ -204,15 +253,19 @@ class PfnBitmap:
 
     def bits(self, start: int, count: int) -> np.ndarray:
         """bool[count] for pfns [start, start + count), False past the end."""
+        import numpy as np
+
         if count <= 0:
             return np.zeros(0, np.bool_)
         first = start // 8
-        packed = self.read(first, (start + count + 7) // 8 - first)
+        packed = np.frombuffer(self.read(first, (start + count + 7) // 8 - first), np.uint8)
         bits = np.unpackbits(packed, bitorder="little")[start - first * 8:][:count]
         return bits.astype(np.bool_)
 
     def set_bits(self, start: int, bits: np.ndarray) -> None:
         """Store bool ``bits`` for pfns from ``start``, a multiple of 8."""
+        import numpy as np
+
         if start % 8:
             raise ValueError("bits are stored from a multiple of 8")
         self.write(start // 8, np.packbits(bits, bitorder="little"))
@@ -220,13 +273,12 @@ class PfnBitmap:
     def clear(self, pfn: int) -> None:
         if 0 <= pfn < self.nbits:
             byte = self.read(pfn // 8, 1)
-            byte[0] &= ~np.uint8(1 << (pfn % 8))
+            byte[0] &= ~(1 << (pfn % 8)) & 0xFF
             self.write(pfn // 8, byte)
 
     def popcount(self) -> int:
         """Set bits."""
-        return sum(int(_POPCOUNT[w].sum(dtype=np.int64))
-                   for _, w in self.windows(data_only=True))
+        return sum(popcount(w) for _, w in self.windows(data_only=True))
 
     def runs(self, start: int = 0, end: int | None = None,
              window: int = WINDOW_BYTES * 8) -> Iterator[tuple[int, int]]:
@@ -239,36 +291,34 @@ class PfnBitmap:
         pending: tuple[int, int] | None = None
         for offset, packed in self.windows(max(window // 8, 1), data_only=True,
                                            start=start // 8, end=(end + 7) // 8):
-            if not packed.any():
-                continue
-            lo = offset * 8
-            # bits with a clear bit either side; edges where neighbours differ
-            # (int8 throughout: np.diff with prepend=0 would widen to int64)
-            padded = np.zeros(len(packed) * 8 + 2, np.int8)
-            padded[1:-1] = np.unpackbits(packed, bitorder="little")
-            padded[1:1 + max(start - lo, 0)] = 0
-            padded[1 + min(end - lo, len(packed) * 8):] = 0
-            edges = np.flatnonzero(padded[1:] != padded[:-1])
-            for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-                if pending is not None and pending[0] + pending[1] == lo + a:
+            for a, n in bit_runs(packed, offset * 8):
+                b = min(a + n, end)
+                a = max(a, start)
+                if a >= b:
+                    continue
+                if pending is not None and pending[0] + pending[1] == a:
                     pending = (pending[0], pending[1] + b - a)
                     continue
                 if pending is not None:
                     yield pending
-                pending = (lo + a, b - a)
+                pending = (a, b - a)
         if pending is not None:
             yield pending
 
     def is_subset_of(self, other: PfnBitmap) -> bool:
         """No bit set here that ``other`` lacks."""
         for offset, mine in self.windows(data_only=True):
-            if (mine & ~other.read(offset, len(mine))).any():
+            theirs = other.read(offset, len(mine))
+            if int.from_bytes(mine, "little") & ~int.from_bytes(theirs, "little"):
                 return False
         return True
 
     def to_array(self) -> np.ndarray:
-        """The whole packed bitmap in memory (for small bitmaps and tests)."""
-        return self._array.copy() if self._array is not None else self.read(0, self.nbytes)
+        """The whole packed bitmap in memory, as a uint8 array (for small
+        bitmaps and tests)."""
+        import numpy as np
+
+        return np.frombuffer(self.read(0, self.nbytes), np.uint8).copy()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -20,6 +20,10 @@
  * zlib streams reuse one deflate state, reset between pages: deflateReset
  * leaves the state exactly as deflateInit does, so the bytes are those of
  * compress2(), without allocating 256 KiB per page.
+ *
+ * descriptors(...) turns pack()'s result into the task's page descriptors
+ * (24 bytes each, in the dump's byte order), the same bytes as the Python
+ * slimdump.writers.kdump.descriptors_python; see there for the arguments.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -186,12 +190,89 @@ done:
     return result;
 }
 
+static void
+put64(unsigned char *p, uint64_t v, int big)
+{
+    for (int i = 0; i < 8; i++)
+        p[big ? 7 - i : i] = (unsigned char)(v >> (8 * i));
+}
+
+static void
+put32(unsigned char *p, uint32_t v, int big)
+{
+    for (int i = 0; i < 4; i++)
+        p[big ? 3 - i : i] = (unsigned char)(v >> (8 * i));
+}
+
+static PyObject *
+descriptors(PyObject *self, PyObject *args)
+{
+    Py_buffer zero, flags, sizes;
+    long long data_at, zero_offset;
+    unsigned int page_size, zero_flag, zero_size;
+    int big, share;
+    if (!PyArg_ParseTuple(args, "y*y*y*LLIIIpp:descriptors", &zero, &flags, &sizes, &data_at,
+                          &zero_offset, &page_size, &zero_flag, &zero_size, &big, &share))
+        return NULL;
+    PyObject *out = NULL, *result = NULL;
+    Py_ssize_t count = zero.len, nonzero = 0;
+    const unsigned char *z = zero.buf;
+    for (Py_ssize_t i = 0; i < count; i++)
+        nonzero += !z[i];
+    if (flags.len != 4 * nonzero || sizes.len != 4 * nonzero) {
+        PyErr_SetString(PyExc_ValueError, "flags and sizes must hold one uint32 per non-zero page");
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, 24 * count);
+    if (!out)
+        goto done;
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(out);
+    const uint32_t *f = flags.buf, *sz = sizes.buf;   /* native, as pack() made them */
+    uint64_t at = (uint64_t)data_at;
+    Py_ssize_t k = 0, compressed = 0;
+    for (Py_ssize_t i = 0; i < count; i++, d += 24) {
+        uint64_t off;
+        uint32_t size, flag;
+        if (z[i] && share) {
+            off = (uint64_t)zero_offset, size = page_size, flag = 0;
+        } else if (z[i]) {
+            off = at, size = zero_size, flag = zero_flag;
+            at += zero_size;
+        } else {
+            uint32_t fk, sk;
+            memcpy(&fk, f + k, 4);
+            memcpy(&sk, sz + k, 4);
+            k++;
+            off = at, size = sk, flag = fk;
+            at += sk;
+        }
+        compressed += flag != 0;
+        put64(d, off, big);
+        put32(d + 8, size, big);
+        put32(d + 12, flag, big);
+        memset(d + 16, 0, 8);
+    }
+    result = Py_BuildValue("(OLn)", out, (long long)(at - (uint64_t)data_at), compressed);
+
+done:
+    Py_XDECREF(out);
+    PyBuffer_Release(&zero);
+    PyBuffer_Release(&flags);
+    PyBuffer_Release(&sizes);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"pack", pack, METH_VARARGS,
      "pack(data, page_size, flag) -> (zero, flags, sizes, blob)\n\n"
      "Zero-test whole pages and store the others as kdump-compressed descriptors\n"
      "want them: flag 0 (as is), 0x1 (zlib level 1) or 0x2 (LZO1X-1).  Runs\n"
      "without the GIL."},
+    {"descriptors", descriptors, METH_VARARGS,
+     "descriptors(zero, flags, sizes, data_at, zero_offset, page_size, zero_flag,\n"
+     "            zero_size, big_endian, share_zero) -> (descs, stored, compressed)\n\n"
+     "The page descriptors of one packed task; see\n"
+     "slimdump.writers.kdump.descriptors_python."},
     {NULL, NULL, 0, NULL},
 };
 

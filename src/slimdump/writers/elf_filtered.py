@@ -134,10 +134,11 @@ def clear_zero_pages(bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, page
     source = as_pfn_bitmap(bitmap, nbits if nbits is not None else _bitmap_bits(bitmap))
     result = source.empty_like()
     window = max(cycle_pages, 1 << 16) // 8
-    for offset, packed in source.windows(window, data_only=True):
-        if not packed.any():
+    for offset, window_bytes in source.windows(window, data_only=True):
+        if window_bytes.count(0) == len(window_bytes):
             continue
         start = offset * 8
+        packed = np.frombuffer(window_bytes, np.uint8)
         bits = np.unpackbits(packed, bitorder="little").astype(np.bool_)
         edges = np.flatnonzero(np.diff(bits.astype(np.int8), prepend=0, append=0))
         for lo, hi in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):

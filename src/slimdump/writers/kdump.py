@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import struct
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slimdump.bitmap import PfnBitmap
 from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame_notes, parse_notes
@@ -43,10 +44,9 @@ from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.pages import max_mapnr as pfn_count
 from slimdump.kernel.x86_64 import find_phys_base
 from slimdump.sources.base import DumpSource
-from slimdump.sources.kdump import (
+from slimdump.sources.kdump_headers import (
     HEADER_VERSION,
     KDUMP_SIGNATURE,
-    PAGE_DESC_DTYPE,
     PAGE_DESC_SIZE,
     DiskDumpHeader,
     KdumpAbi,
@@ -71,8 +71,20 @@ TASK_PAGES = 256             # pages per unit of work sent to a worker thread
 ReadPages = Callable[[int, int], bytes]
 """``read_pages(start_pfn, count)``: ``count * page_size`` bytes of memory."""
 
-BitmapLike = np.ndarray | bytes | bytearray | memoryview
-"""A bitmap: a bool array (index = pfn) or packed bytes, LSB = lowest pfn."""
+if TYPE_CHECKING:
+    import numpy as np
+
+    BitmapLike = np.ndarray | bytes | bytearray | memoryview
+    """A bitmap: a bool array (index = pfn) or packed bytes, LSB = lowest pfn."""
+else:
+    BitmapLike = Any
+
+try:
+    from slimdump.writers._pagepack import descriptors as _native_descriptors
+except ImportError:          # not built: descriptors_python
+    _native_descriptors = None
+
+_ZERO_RUNS = re.compile(rb"\x01+")
 
 
 class PositionedOutput(Protocol):
@@ -104,21 +116,23 @@ def as_output(out: PositionedOutput | int) -> PositionedOutput:
     return FdOutput(out) if isinstance(out, int) else out
 
 
-def pack_bitmap(bitmap: BitmapLike, nbits: int) -> np.ndarray:
-    """A packed (uint8, LSB-first) copy of ``bitmap`` holding exactly
-    ``nbits`` bits; bits beyond are cleared."""
-    if isinstance(bitmap, np.ndarray) and bitmap.dtype == np.bool_:
-        bits = bitmap[:nbits]
-        packed = np.packbits(bits, bitorder="little")
+def pack_bitmap(bitmap: BitmapLike, nbits: int) -> bytes:
+    """A packed (LSB-first) copy of ``bitmap`` holding exactly ``nbits``
+    bits; bits beyond are cleared."""
+    dtype = getattr(bitmap, "dtype", None)
+    if dtype is not None and dtype.kind == "b":      # a numpy bool array: one pfn each
+        import numpy as np
+
+        packed = np.packbits(bitmap[:nbits], bitorder="little").tobytes()
+    elif dtype is not None:
+        packed = bitmap.astype("uint8", copy=False).tobytes()
     else:
-        packed = np.frombuffer(bytes(bitmap) if not isinstance(bitmap, np.ndarray)
-                               else bitmap.astype(np.uint8, copy=False).tobytes(), np.uint8)
+        packed = bytes(bitmap)
     nbytes = (nbits + 7) // 8
-    out = np.zeros(nbytes, np.uint8)
-    out[:min(nbytes, len(packed))] = packed[:nbytes]
+    out = bytearray(packed[:nbytes].ljust(nbytes, b"\0"))
     if nbits % 8 and nbytes:
         out[-1] &= (1 << (nbits % 8)) - 1
-    return out
+    return bytes(out)
 
 
 def as_pfn_bitmap(bitmap: BitmapLike | PfnBitmap, nbits: int) -> PfnBitmap:
@@ -421,8 +435,8 @@ class KdumpWriter:
         for index, bitmap in enumerate((self.bitmap1, self.bitmap2)):
             base = self.bitmap_offset + index * per_bitmap
             for at, part in bitmap.windows(data_only=holes):
-                if not holes or part.any():
-                    self.out.write(part.tobytes(), base + at)
+                if not holes or part.count(0) != len(part):
+                    self.out.write(part, base + at)
             if bitmap.nbytes < per_bitmap and not holes:    # pad to whole blocks
                 self.out.write(bytes(per_bitmap - bitmap.nbytes), base + bitmap.nbytes)
 
@@ -538,39 +552,27 @@ class KdumpWriter:
                 result: KdumpResult) -> tuple[int, int]:
         """Write one task's data and descriptors; return the new position in
         the descriptor table and the new data offset."""
-        ps = self.meta.page_size
         packed = task.packed.result() if isinstance(task.packed, Future) else task.packed
-        zero_bytes, nz_flags_b, nz_sizes_b, nz_blob = packed
-        zero = np.frombuffer(zero_bytes, np.uint8).astype(bool)
-        nz_flags = np.frombuffer(nz_flags_b, np.uint32)
-        nz_sizes = np.frombuffer(nz_sizes_b, np.uint32)
-        stored = ~zero
-        descs = np.zeros(task.count, PAGE_DESC_DTYPE[self.abi.endian])
-        nzero = task.count - len(nz_sizes)
+        zero, nz_flags, nz_sizes, nz_blob = packed
+        nzero = zero.count(1)
+        build = _native_descriptors or descriptors_python
+        zero_flag, zero_stored = (0, b"") if self.share_zero else self._zero
+        descs, stored, ncompressed = build(
+            zero, nz_flags, nz_sizes, data_at, self.data_offset, self.meta.page_size,
+            zero_flag, len(zero_stored), self.abi.endian == ">", self.share_zero)
         if self.share_zero:
-            flags, sizes, blob, mask = nz_flags, nz_sizes, nz_blob, stored
-            descs["offset"][zero] = self.data_offset
-            descs["size"][zero] = ps
+            blob = nz_blob
             result.zero_pages += nzero
         else:
-            flags = np.empty(task.count, np.uint32)
-            sizes = np.empty(task.count, np.uint32)
-            flags[stored], sizes[stored] = nz_flags, nz_sizes
-            flags[zero], sizes[zero] = self._zero_flag, len(self._zero_stored)
             blob = self._interleave(zero, nz_sizes, nz_blob) if nzero else nz_blob
-            mask = np.ones(task.count, np.bool_)
-        offsets = data_at + np.cumsum(sizes, dtype=np.int64) - sizes
-        descs["offset"][mask] = offsets
-        descs["size"][mask] = sizes
-        descs["flags"][mask] = flags
+        assert len(blob) == stored
         # data before descriptors: if the data cannot be written (ENOSPC), the
         # task's descriptors stay zero, which readers take as "page lost"
         if blob:
             self.out.write(blob, data_at)
-        self.out.write(descs.tobytes(), self.desc_offset + PAGE_DESC_SIZE * pos)
-        ncompressed = int(np.count_nonzero(flags))
+        self.out.write(descs, self.desc_offset + PAGE_DESC_SIZE * pos)
         result.compressed_pages += ncompressed
-        result.raw_pages += len(sizes) - ncompressed
+        result.raw_pages += len(zero) - (nzero if self.share_zero else 0) - ncompressed
         result.data_bytes += len(blob)
         return pos + task.count, data_at + len(blob)
 
@@ -587,21 +589,53 @@ class KdumpWriter:
     def _zero(self) -> tuple[int, bytes]:
         return compress_page(self.codec, bytes(self.meta.page_size))
 
-    def _interleave(self, zero: np.ndarray, nz_sizes: np.ndarray, nz_blob: bytes) -> bytes:
-        """The cycle's stored bytes in pfn order: runs of other pages' data
+    def _interleave(self, zero: bytes, nz_sizes: bytes, nz_blob: bytes) -> bytes:
+        """The task's stored bytes in pfn order: runs of other pages' data
         from ``nz_blob`` with the stored zero page for each zero page."""
-        ends = np.cumsum(nz_sizes, dtype=np.int64)
-        edges = np.flatnonzero(np.diff(zero.astype(np.int8), prepend=-1, append=-1))
+        sizes = array("I", nz_sizes)
         parts: list[bytes] = []
-        done = 0                                  # non-zero pages consumed
-        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
-            if zero[lo]:
-                parts.append(self._zero_stored * (hi - lo))
-            else:
-                first = int(ends[done - 1]) if done else 0
-                done += hi - lo
-                parts.append(nz_blob[first:int(ends[done - 1])])
+        done = at = 0               # pages looked at; bytes of nz_blob consumed
+        used = 0                    # non-zero pages consumed
+        for match in _ZERO_RUNS.finditer(zero):
+            lo, hi = match.span()
+            if lo > done:           # non-zero pages done .. lo - 1
+                n = sum(sizes[used:used + lo - done])
+                parts.append(nz_blob[at:at + n])
+                at, used = at + n, used + lo - done
+            parts.append(self._zero_stored * (hi - lo))
+            done = hi
+        parts.append(nz_blob[at:])
         return b"".join(parts)
+
+
+def descriptors_python(zero: bytes, flags: bytes, sizes: bytes, data_at: int,
+                       zero_offset: int, page_size: int, zero_flag: int, zero_size: int,
+                       big_endian: bool, share_zero: bool) -> tuple[bytes, int, int]:
+    """The page descriptors of one task packed by
+    :func:`~slimdump.writers.codecs.pack_pages` (``zero``: a byte per page,
+    1 = all zero; ``flags``/``sizes``: native uint32 per other page), its
+    data starting at file offset ``data_at``.  Zero pages point at the
+    shared zero page at ``zero_offset`` (``share_zero``, dump level with
+    bit 1) or are stored in place as ``zero_size`` bytes with ``zero_flag``.
+    Returns (descriptors, bytes of data they cover, descriptors with a
+    compression flag).  :mod:`slimdump.writers._pagepack` has the same in C."""
+    desc = struct.Struct((">" if big_endian else "<") + "qII8x")
+    nz_flags, nz_sizes = array("I", flags), array("I", sizes)
+    out = bytearray(desc.size * len(zero))
+    at, k, compressed = data_at, 0, 0
+    for i, is_zero in enumerate(zero):
+        if is_zero and share_zero:
+            desc.pack_into(out, i * desc.size, zero_offset, page_size, 0)
+            continue
+        if is_zero:
+            size, flag = zero_size, zero_flag
+        else:
+            size, flag = nz_sizes[k], nz_flags[k]
+            k += 1
+        desc.pack_into(out, i * desc.size, at, size, flag)
+        at += size
+        compressed += flag != 0
+    return bytes(out), at - data_at, compressed
 
 
 def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLike,
@@ -616,5 +650,6 @@ def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLik
 
 
 __all__ = ["BitmapLike", "FdOutput", "KdumpMeta", "KdumpResult", "KdumpWriter",
-           "PageReader", "PositionedOutput", "ReadPages", "Utsname", "get_codec", "note_area",
+           "PageReader", "PositionedOutput", "ReadPages", "Utsname", "descriptors_python",
+           "get_codec", "note_area",
            "pack_bitmap", "page_reader", "read_utsname", "write_kdump"]
