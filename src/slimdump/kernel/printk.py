@@ -69,6 +69,9 @@ _UNSIGNED_CHAR_MACHINES = frozenset({
 
 # C-locale isprint() or isspace(): bytes the tools copy unescaped.
 _COPIED = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\v\f\r")
+# Text without these bytes is rendered as it is (the common case, and one
+# C-speed test instead of a table lookup per byte).
+_ESCAPED_OR_NEWLINE = re.compile(rb"[^\x20-\x7e\t\v\f\r]")
 
 
 @dataclass(frozen=True)
@@ -527,7 +530,8 @@ def render_makedumpfile(log: KernelLog, machine: int) -> bytes:
         if table is None:
             table = tables[len(prefix)] = _escape_table(signed_char, b"\n" + b" " * len(prefix))
         out += prefix
-        out += b"".join(table[b] for b in record.text)
+        text = record.text
+        out += b"".join(table[b] for b in text) if _ESCAPED_OR_NEWLINE.search(text) else text
         out += b"\n"
     return bytes(out)
 
@@ -547,6 +551,7 @@ def render_vmcore_dmesg(log: KernelLog) -> bytes:
     out = bytearray()
     for record in log.records:
         out += _prefix(record.ts_nsec)
-        out += b"".join(table[b] for b in record.text)
+        text = record.text
+        out += b"".join(table[b] for b in text) if _ESCAPED_OR_NEWLINE.search(text) else text
         out += b"\n"
     return bytes(out)

@@ -33,7 +33,6 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
@@ -53,6 +52,7 @@ from slimdump.sources.kdump_headers import (
     KdumpSubHeader,
     Utsname,
 )
+from slimdump.threadpool import ThreadPool
 from slimdump.writers.codecs import (
     DUMP_DH_COMPRESSED_INCOMPLETE,
     Codec,
@@ -72,6 +72,8 @@ ReadPages = Callable[[int, int], bytes]
 """``read_pages(start_pfn, count)``: ``count * page_size`` bytes of memory."""
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     import numpy as np
 
     BitmapLike = np.ndarray | bytes | bytearray | memoryview
@@ -315,7 +317,7 @@ class _Task:
     compressed by a worker thread (or in this thread), written in order."""
 
     count: int
-    packed: Future[PackedPages] | PackedPages
+    packed: Any            # PackedPages, or a job/future that returns them
 
 
 def _default_workers() -> int:
@@ -482,16 +484,17 @@ class KdumpWriter:
         result.seconds = time.monotonic() - started
         return result
 
-    def _executor(self) -> tuple[Executor | None, bool]:
+    def _executor(self) -> tuple[Executor | ThreadPool | None, bool]:
         if self.executor is not None:
             return self.executor, False
         if self.workers <= 1 or self.num_dumpable < 2 * TASK_PAGES:
             return None, False
         # Threads, not processes: the C packer, zlib and the pread()s release
         # the GIL, and a thread needs no copy of the page data.
-        return ThreadPoolExecutor(max_workers=self.workers), True
+        return ThreadPool(self.workers), True
 
-    def _tasks(self, read_pages: ReadPages, executor: Executor | None) -> Iterator[_Task]:
+    def _tasks(self, read_pages: ReadPages,
+               executor: Executor | ThreadPool | None) -> Iterator[_Task]:
         """The 2nd bitmap's pages in pfn order, cut into tasks of at most
         TASK_PAGES pages, each read and packed by a worker."""
         nbits = self.meta.max_mapnr
@@ -513,7 +516,7 @@ class KdumpWriter:
             yield self._task(read_pages, runs, size, executor, parallel_reads)
 
     def _task(self, read_pages: ReadPages, runs: list[tuple[int, int]], count: int,
-              executor: Executor | None, parallel_reads: bool) -> _Task:
+              executor: Executor | ThreadPool | None, parallel_reads: bool) -> _Task:
         if executor is None:
             return _Task(count, self._pack(read_pages, runs))
         if parallel_reads:
@@ -552,7 +555,7 @@ class KdumpWriter:
                 result: KdumpResult) -> tuple[int, int]:
         """Write one task's data and descriptors; return the new position in
         the descriptor table and the new data offset."""
-        packed = task.packed.result() if isinstance(task.packed, Future) else task.packed
+        packed = task.packed if isinstance(task.packed, tuple) else task.packed.result()
         zero, nz_flags, nz_sizes, nz_blob = packed
         nzero = zero.count(1)
         build = _native_descriptors or descriptors_python
