@@ -23,7 +23,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from slimdump.elf import EM_386, ET_CORE, ElfHeader, Note, frame_notes
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.log import extract_dmesg
 from slimdump.kernel.pages import present_range
+from slimdump.record import replace
 from slimdump.sources import ElfCore, open_dump
 from slimdump.sources.base import DumpSource
 from slimdump.sources.flat import FlatFile, FlatStream, open_flattened

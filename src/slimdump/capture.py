@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from slimdump import __version__
@@ -35,6 +34,7 @@ from slimdump.notes import (
     metadata_note,
 )
 from slimdump.policy import DMESG, FULL, NORMAL, SLIM, Policy
+from slimdump.record import field, record, replace
 from slimdump.sources import DumpSource, ElfCore, open_dump
 from slimdump.triage.classify import Classification, classify
 from slimdump.writers.atomic import AtomicOutput
@@ -45,7 +45,7 @@ from slimdump.writers.slim import slimdump_bytes
 KERNEL_NOTE, KERNEL_LOG = "kernel-note", "kernel-log"
 
 
-@dataclass
+@record
 class Decision:
     """What capture will write and why."""
 
@@ -62,7 +62,7 @@ class Decision:
         return self.action in (SLIM, DMESG)
 
 
-@dataclass
+@record
 class CaptureResult:
     decision: Decision
     dst: str

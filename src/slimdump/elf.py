@@ -9,7 +9,8 @@ file's byte order (in ELF64 too), then name and descriptor each padded to 4.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+
+from slimdump.record import record, replace
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -38,7 +39,7 @@ def align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ElfHeader:
     """An ELF file header with its class and byte order decoded."""
 
@@ -119,7 +120,7 @@ class ElfHeader:
                        e_shnum=0, e_shstrndx=0)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProgramHeader:
     """One program header (segment) of either class."""
 
@@ -150,7 +151,7 @@ class ProgramHeader:
                            self.p_align)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Note:
     """One ELF note record, kept byte-exact so that it can be copied as is.
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, Note
+from slimdump.record import record
 
 NT_PRSTATUS = 1
 NT_PRFPREG = 2
@@ -35,7 +35,7 @@ I386_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "ds", "es", "fs", 
              "orig_eax", "eip", "cs", "eflags", "esp", "ss")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RegisterLayout:
     """Where struct elf_prstatus keeps pr_pid and pr_reg on one architecture."""
 
@@ -56,7 +56,7 @@ LAYOUTS = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PrStatus:
     """The registers one CPU saved when the kernel crashed."""
 
@@ -92,7 +92,7 @@ def decode_prstatus(desc: bytes, machine: int, elf64: bool, endian: str) -> PrSt
     return PrStatus(pid, dict(zip(layout.names, values, strict=True)), layout.pc, layout.sp)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NoCoreDump:
     """The NT_NOCOREDUMP note: a reason code (the owner name) and the crashed
     kernel's own words for the cause (the descriptor)."""

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
 
 from slimdump.errors import DumpError
+from slimdump.record import field, record
 
 SLIM, DMESG, FULL, NORMAL = "slim", "dmesg", "full", "normal"
 ACTIONS = (SLIM, DMESG, FULL, NORMAL)
@@ -36,7 +36,7 @@ DEFAULT_POLICY_FILE = "/etc/slimdump.toml"
 _SPECIAL = ("default", "software")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     """Reason code -> action, with the fallbacks for other codes and for
     software crashes."""

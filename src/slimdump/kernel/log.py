@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.printk import KernelLog, read_log, render_makedumpfile, render_vmcore_dmesg
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
+from slimdump.record import record
 from slimdump.sources.base import DumpSource
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KernelLogText:
     """The log as records (for classification) and as makedumpfile's text."""
 

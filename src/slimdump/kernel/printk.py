@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from slimdump.kernel.memory import KernelMemory, KernelViewError
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
+from slimdump.record import field, record
 
 __all__ = [
     "KernelLog",
@@ -74,7 +74,7 @@ _COPIED = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\v\f\r")
 _ESCAPED_OR_NEWLINE = re.compile(rb"[^\x20-\x7e\t\v\f\r]")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LogRecord:
     """One record of the kernel log.
 
@@ -111,7 +111,7 @@ class LogRecord:
         return self.has_data and not self.wrap_marker
 
 
-@dataclass
+@record
 class KernelLog:
     """The kernel log as read from a dump.
 
@@ -522,15 +522,15 @@ def render_makedumpfile(log: KernelLog, machine: int) -> bytes:
     signed_char = machine not in _UNSIGNED_CHAR_MACHINES
     tables: dict[int, list[bytes]] = {}
     out = bytearray()
-    for record in log.records:
-        if not record.is_message:
+    for entry in log.records:
+        if not entry.is_message:
             continue
-        prefix = _prefix(record.ts_nsec)
+        prefix = _prefix(entry.ts_nsec)
         table = tables.get(len(prefix))
         if table is None:
             table = tables[len(prefix)] = _escape_table(signed_char, b"\n" + b" " * len(prefix))
         out += prefix
-        text = record.text
+        text = entry.text
         out += b"".join(table[b] for b in text) if _ESCAPED_OR_NEWLINE.search(text) else text
         out += b"\n"
     return bytes(out)
@@ -549,9 +549,9 @@ def render_vmcore_dmesg(log: KernelLog) -> bytes:
         return log.raw
     table = _escape_table(False, b"\n")
     out = bytearray()
-    for record in log.records:
-        out += _prefix(record.ts_nsec)
-        text = record.text
+    for entry in log.records:
+        out += _prefix(entry.ts_nsec)
+        text = entry.text
         out += b"".join(table[b] for b in text) if _ESCAPED_OR_NEWLINE.search(text) else text
         out += b"\n"
     return bytes(out)

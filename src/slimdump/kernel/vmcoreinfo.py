@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
 
 from slimdump.elf import Note
+from slimdump.record import field, record
 
 _KEY = re.compile(r"^(SYMBOL|SIZE|OFFSET|LENGTH|NUMBER)\((.+)\)$")
 
@@ -30,7 +30,7 @@ def parse_int(text: str) -> int:
         return int(text, 16)
 
 
-@dataclass
+@record
 class VmcoreInfo:
     """The parsed VMCOREINFO text.  ``entries`` keeps every key in first-seen
     order with its raw value; typed getters return None for missing keys."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from slimdump.elf import ElfHeader, Note
+from slimdump.record import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Segment:
     """One range of the crashed machine's memory held by the dump.
 

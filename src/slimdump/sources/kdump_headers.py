@@ -10,10 +10,10 @@ file's layout is told from its first block.  Plain :mod:`struct` code:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from slimdump.elf import EM_386, ElfHeader
 from slimdump.errors import DumpError
+from slimdump.record import record
 
 KDUMP_SIGNATURE = b"KDUMP   "
 DISKDUMP_SIGNATURE = b"DISKDUMP"
@@ -46,7 +46,7 @@ def machine_info(machine: str) -> tuple[int, bool] | None:
     return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KdumpAbi:
     """The C layout of the two headers for one word size and byte order.
 
@@ -102,7 +102,7 @@ class KdumpAbi:
         return cls("32pack" if header.e_machine == EM_386 else "32pad", header.endian)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Utsname:
     """``struct new_utsname``: six NUL-padded char[65] fields, as bytes."""
 
@@ -129,7 +129,7 @@ class Utsname:
         return getattr(self, field).decode("ascii", "replace")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DiskDumpHeader:
     """The decoded disk_dump_header."""
 
@@ -162,7 +162,7 @@ class DiskDumpHeader:
         return cls(sig, version, Utsname.unpack(uts), *rest)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KdumpSubHeader:
     """The decoded kdump_sub_header (fields of later versions read as 0)."""
 

@@ -24,9 +24,9 @@ Messages, from Linux's own sources:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
+from slimdump.record import field, record
 from slimdump.triage.ghes import parse_ghes
 from slimdump.triage.mce import log_lines, parse_machine_checks
 
@@ -97,7 +97,7 @@ SOFTWARE = "software"
 NO_PANIC = "no-panic"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Classification:
     """The verdict on one log; see the module docstring for the rules."""
 
@@ -118,7 +118,7 @@ class Classification:
                 "evidence": list(self.evidence)}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Panic:
     """A panic (or Oops) line: record index, timestamp, message, the line."""
 

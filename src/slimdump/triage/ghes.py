@@ -21,9 +21,9 @@ indentation changed across kernel versions); it never raises on any input.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
+from slimdump.record import field, record
 from slimdump.triage.mce import log_lines
 
 _PREFIX = re.compile(r"^\{(\d{1,10})\}\[Hardware Error\]: ?(.*)$")
@@ -39,7 +39,7 @@ _FIELD = re.compile(r"^([A-Za-z][\w .()/-]{0,40}?):\s*(.*)$")
 _PAIR = re.compile(r"([A-Za-z_]\w{0,30}):\s?(\S+)")
 
 
-@dataclass
+@record
 class GhesRecord:
     """One GHES error record: its sequence number, source id, severity and
     CPER sections (each ``{"index", "severity", "type", "fields",

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
+
+from slimdump.record import field, record
 
 # --------------------------------------------------------------------------
 # IA32_MCi_STATUS
@@ -129,7 +130,7 @@ def is_memory_error(code: int) -> bool:
             or code & 0xEFFC == 0x000C)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class McaStatus:
     """One IA32_MCi_STATUS value and what its architectural fields say."""
 
@@ -191,9 +192,9 @@ _FRAGMENT = re.compile(r"^(?:\{|(?:ADDR|MISC|SYND|SYND1|SYND2|IPID|PPIN) [0-9a-f
 def log_lines(records: list[tuple[int, str]]) -> Iterator[tuple[int, int, str]]:
     """``(record index, ts_nsec, line)`` for every line of every record:
     a record's text may hold continuation lines after '\\n'."""
-    for index, record in enumerate(records):
+    for index, entry in enumerate(records):
         try:
-            ts, text = record
+            ts, text = entry
         except (TypeError, ValueError):
             continue
         if not isinstance(text, str):
@@ -209,7 +210,7 @@ def strip_hw_err(line: str) -> tuple[bool, str]:
     return (True, line[m.end():]) if m else (False, line)
 
 
-@dataclass
+@record
 class MachineCheck:
     """One machine-check record as ``__print_mce()`` and ``mce_panic()``
     printed it.  Fields the log did not show are None."""
@@ -273,7 +274,7 @@ class MachineCheck:
         return out
 
 
-@dataclass
+@record
 class _Pending:
     """A record being assembled; becomes a MachineCheck once it has a bank
     and a status."""

@@ -18,10 +18,10 @@ from __future__ import annotations
 import importlib
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
 
 from slimdump.errors import DumpError
+from slimdump.record import record
 
 DUMP_DH_COMPRESSED_ZLIB = 0x1
 DUMP_DH_COMPRESSED_LZO = 0x2
@@ -33,7 +33,7 @@ COMPRESSION_MASK = (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO
                     | DUMP_DH_COMPRESSED_SNAPPY | DUMP_DH_COMPRESSED_ZSTD)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Codec:
     """One page compression method: its name, makedumpfile's flag value, its
     makedumpfile option and the Python module that implements it."""

@@ -28,13 +28,13 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
 
 import numpy as np
 
 from slimdump.bitmap import PfnBitmap
 from slimdump.elf import PN_XNUM, PT_LOAD, PT_NOTE, ElfHeader, ProgramHeader
 from slimdump.errors import DumpError
+from slimdump.record import record, replace
 from slimdump.sources.base import Segment
 from slimdump.writers.kdump import (
     CYCLE_PAGES,
@@ -50,7 +50,7 @@ PF_RWX = 7                  # what kexec-tools gives every vmcore PT_LOAD
 SHT_NULL = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ElfResult:
     """What was written."""
 

@@ -7,16 +7,15 @@ This is the "option to collect the complete vmcore" of the 2011 proposal:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from slimdump.errors import DumpError
 from slimdump.progress import Progress
+from slimdump.record import record
 from slimdump.sources.elfcore import ElfCore
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.copy import RangeCopier
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CopyStats:
     size: int          # bytes in the output file
     copied: int        # data bytes moved (holes excluded)

@@ -33,7 +33,6 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +41,7 @@ from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.pages import max_mapnr as pfn_count
 from slimdump.kernel.x86_64 import find_phys_base
+from slimdump.record import field, record
 from slimdump.sources.base import DumpSource
 from slimdump.sources.kdump_headers import (
     HEADER_VERSION,
@@ -245,7 +245,7 @@ def note_area(source: DumpSource) -> bytes:
     return frame_notes(source.notes, source.header.endian)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KdumpMeta:
     """What the headers say about the crashed machine.
 
@@ -296,7 +296,7 @@ def _phys_base(source: DumpSource, info: object) -> int:
     return 0
 
 
-@dataclass
+@record
 class KdumpResult:
     """What was written."""
 
@@ -311,7 +311,7 @@ class KdumpResult:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
+@record
 class _Task:
     """A run of the 2nd bitmap's pages on its way out: read, zero-tested and
     compressed by a worker thread (or in this thread), written in order."""

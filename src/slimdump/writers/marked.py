@@ -9,11 +9,10 @@ segment data keeps its page alignment, and the program headers say so.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from slimdump.elf import Note
 from slimdump.errors import DumpError
 from slimdump.progress import Progress
+from slimdump.record import replace
 from slimdump.sources.elfcore import ElfCore
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.copy import RangeCopier

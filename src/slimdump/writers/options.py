@@ -7,14 +7,13 @@ capture kernel never loads numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from slimdump.errors import DumpError
+from slimdump.record import record
 
 KDUMP, ELF, FLAT = "kdump", "elf", "flat"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DumpOptions:
     """makedumpfile's output choices: -c/-l/-p/-z, -E, -F, -d."""
 
