@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c | apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	@$(PY) -c 'import slimdump.writers._pagepack' 2>/dev/null || { \
-	  echo "setup: the C packer did not build (gcc, liblzo2-dev, zlib1g-dev, Python.h?)"; \
+	@$(PY) -c 'import slimdump.writers._pagepack, slimdump.kernel._pageclass' 2>/dev/null || { \
+	  echo "setup: the C extensions did not build (gcc, liblzo2-dev, zlib1g-dev, Python.h?)"; \
 	  exit 1; }
 	touch $(STAMP)
 

@@ -12,6 +12,10 @@ Synthetic cores (struct pages written by hand) cover what the real fixtures
 do not hold: compound pages (anon THP, page-cache folios, a 1 GiB-style
 hugetlb page larger than a cycle), misaligned heads, HWPoison and offline
 pages, both page-type encodings, FLATMEM, unreadable struct pages.
+
+Both classifiers are held to these oracles: the numpy one
+(``PageClassifier.classify``) and the C one (``classify_packed``, compared
+bit for bit with the numpy one in ``test_pageclass.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import struct
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ import pytest
 
 from slimdump.errors import DumpError
 from slimdump.kernel import pages as pages_mod
+from slimdump.kernel import pages_np
 from slimdump.kernel.memory import KernelMemory, KernelViewError
 from slimdump.kernel.pages import (
     DEFAULT_CYCLE,
@@ -108,10 +114,10 @@ def test_makedumpfile_walk_order_when_blocks_do_not_nest() -> None:
     starts = np.array([0, 2, 5], dtype=np.int64)
     lengths = np.array([4, 8, 1], dtype=np.int64)
     codes = np.array([1, 3, 5], dtype=np.uint8)
-    s, ln, c = pages_mod._effective(starts, lengths, codes)
+    s, ln, c = pages_np._effective(starts, lengths, codes)
     assert s.tolist() == [0, 5] and ln.tolist() == [4, 1] and c.tolist() == [1, 5]
     # nested blocks: the vectorised path, same answer as the walk
-    s, ln, c = pages_mod._effective(np.array([8, 0, 2], dtype=np.int64),
+    s, ln, c = pages_np._effective(np.array([8, 0, 2], dtype=np.int64),
                                     np.array([1, 8, 2], dtype=np.int64),
                                     np.array([4, 1, 3], dtype=np.uint8))
     assert s.tolist() == [0, 8] and c.tolist() == [1, 4]
@@ -252,9 +258,14 @@ def scenario(mm: Memmap) -> None:
 
 
 def synthetic_core(tmp_path: Path, style: Style, model: str = "sparse",
-                   drop: tuple[str, ...] = ()) -> Path:
+                   drop: tuple[str, ...] = (),
+                   fill: Callable[[Memmap], None] = scenario,
+                   extra: dict[str, str] | None = None) -> Path:
+    """A core whose struct pages ``fill`` writes (default: :func:`scenario`),
+    with the VMCOREINFO keys of ``style`` and ``model`` less ``drop``, plus
+    ``extra``."""
     mem = bytearray(MEMMAP + ARRAY_PFNS * SP)
-    scenario(Memmap(mem, style))
+    fill(Memmap(mem, style))
     keys = {"OSRELEASE": f"{style.name}.0-synthetic", "PAGESIZE": "4096",
             "SYMBOL(init_top_pgt)": f"{kva(0x1000):x}", "NUMBER(phys_base)": "0",
             "NUMBER(KERNEL_IMAGE_SIZE)": str(1 << 30), "NUMBER(pgtable_l5_enabled)": "0",
@@ -274,6 +285,7 @@ def synthetic_core(tmp_path: Path, style: Style, model: str = "sparse",
         keys["SYMBOL(mem_map)"] = f"{kva(FLATPTR):x}"
     for key in drop:
         keys.pop(key)
+    keys.update(extra or {})
     direct = 0xFFFF888000000000
     loads = [sc.Load(paddr=0x1000, vaddr=direct + 0x1000, data=bytes(mem[0x1000:]),
                      memsz=0x2000000 - 0x1000),
@@ -305,22 +317,45 @@ def expected_excluded(level: int) -> set[int]:
     return out
 
 
+#: the two classifiers: numpy (classify) and C (classify_packed)
+PATHS = ("numpy", "packed")
+
+
+def unpack(bits: bytes, n: int) -> np.ndarray:
+    """A packed little-bit-order bitmap as bool[n]."""
+    return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=n,
+                         bitorder="little").astype(bool)
+
+
+def excluded_of(pc: PageClassifier, level: int, a: int, b: int, path: str
+                ) -> tuple[np.ndarray, ExclusionCounts]:
+    """(bool[b - a] excluded, counts) by ``classify`` or ``classify_packed``
+    (where excluded = present & ~keep)."""
+    if path == "packed":
+        p = pc.classify_packed(level, a, b)
+        return unpack(p.present, b - a) & ~unpack(p.keep, b - a), p.counts
+    c = pc.classify(level, a, b)
+    return c.excluded, c.counts
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("style", [V61, V612], ids=lambda s: s.name)
 @pytest.mark.parametrize("model", ["sparse", "flat"])
-def test_synthetic_rules(tmp_path: Path, style: Style, model: str) -> None:
-    path = synthetic_core(tmp_path, style, model)
-    with open_dump(path) as src:
+def test_synthetic_rules(tmp_path: Path, style: Style, model: str, path: str) -> None:
+    path_ = synthetic_core(tmp_path, style, model)
+    with open_dump(path_) as src:
         pc = classifier(src)
         assert pc.max_mapnr == 0x8400
         for level in LEVELS:
             for size in (777, 1000, 1024, 4096, DEFAULT_CYCLE):
-                parts = [pc.classify(level, a, b) for a, b in cycles(0, pc.max_mapnr, size)]
-                got = set(np.flatnonzero(np.concatenate([p.excluded for p in parts])).tolist())
+                parts = [excluded_of(pc, level, a, b, path)
+                         for a, b in cycles(0, pc.max_mapnr, size)]
+                got = set(np.flatnonzero(np.concatenate([p[0] for p in parts])).tolist())
                 want = expected_excluded(level)
                 assert got == want, (level, size, sorted(got ^ want)[:20])
                 total = ExclusionCounts()
                 for p in parts:
-                    total.add(p.counts)
+                    total.add(p[1])
                 assert total.excluded == len(want)
                 assert total.unreadable == (len(UNREADABLE) if model == "sparse" else 0)
         counts = pc.count(31, cycle=1000)
@@ -410,17 +445,27 @@ def makedumpfile_report(name: str, level: int) -> dict[str, int]:
     return out
 
 
-def slimdump_classes(name: str, level: int, cycle: int = DEFAULT_CYCLE
+def slimdump_classes(name: str, level: int, cycle: int = DEFAULT_CYCLE, path: str = "numpy"
                      ) -> tuple[np.ndarray, np.ndarray, ExclusionCounts]:
-    """(present, dumpable, counts) over the whole dump, cycle by cycle."""
+    """(present, dumpable, counts) over the whole dump, cycle by cycle, by
+    ``classify`` (path "numpy") or ``classify_packed`` ("packed", which must
+    not fall back to numpy on these kernels when the C classifier is built)."""
     with open_dump(real_vmcore(name)) as src:
         pc = classifier(src)
         present, dumpable, counts = [], [], ExclusionCounts()
         for a, b in cycles(0, pc.max_mapnr, cycle):
-            c = pc.classify(level, a, b)
-            present.append(c.present)
-            dumpable.append(c.dumpable)
-            counts.add(c.counts)
+            if path == "packed":
+                p = pc.classify_packed(level, a, b)
+                present.append(unpack(p.present, b - a))
+                dumpable.append(unpack(p.keep, b - a))
+                counts.add(p.counts)
+            else:
+                c = pc.classify(level, a, b)
+                present.append(c.present)
+                dumpable.append(c.dumpable)
+                counts.add(c.counts)
+        if path == "packed" and pages_mod.NATIVE is not None:
+            assert pc.fallbacks == []
     return np.concatenate(present), np.concatenate(dumpable), counts
 
 
@@ -452,11 +497,12 @@ def kept_with_content(name: str, level: int, dumpable: np.ndarray) -> np.ndarray
 
 
 @pytest.mark.vmcore
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("name", FIX_61)
-def test_same_pages_as_makedumpfile_on_61(name: str, level: int) -> None:
+def test_same_pages_as_makedumpfile_on_61(name: str, level: int, path: str) -> None:
     theirs = makedumpfile_output(name, level)
-    present, dumpable, _counts = slimdump_classes(name, level)
+    present, dumpable, _counts = slimdump_classes(name, level, path=path)
     assert_same_pfns(present, theirs.bitmap1, f"{name} 1st bitmap")
     # kdump-compressed files keep zero pages in the 2nd bitmap: equal at every level
     assert_same_pfns(dumpable, theirs.bitmap2, f"{name} -d {level} 2nd bitmap")
@@ -470,21 +516,23 @@ def test_same_pages_as_makedumpfile_on_61(name: str, level: int) -> None:
 
 
 @pytest.mark.vmcore
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", ["6.1-sysrq", "6.1-oom"])
-def test_counts_match_makedumpfile_report(name: str) -> None:
-    _present, _dumpable, counts = slimdump_classes(name, 31)
+def test_counts_match_makedumpfile_report(name: str, path: str) -> None:
+    _present, _dumpable, counts = slimdump_classes(name, 31, path=path)
     report = makedumpfile_report(name, 31)
     ours = counts.as_dict()
     assert {k: ours[k] for k in report} == report
 
 
 @pytest.mark.vmcore
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", ["6.1-sysrq", "6.1-oom"])
-def test_cycle_size_does_not_matter(name: str) -> None:
+def test_cycle_size_does_not_matter(name: str, path: str) -> None:
     """777-pfn cycles cut order-10 buddy blocks (1024 pages) anywhere."""
-    _p, whole, counts = slimdump_classes(name, 31, DEFAULT_CYCLE)
+    _p, whole, counts = slimdump_classes(name, 31, DEFAULT_CYCLE, path)
     for size in (777, 1 << 12):
-        _p, cut, cut_counts = slimdump_classes(name, 31, size)
+        _p, cut, cut_counts = slimdump_classes(name, 31, size, path)
         assert_same_pfns(cut, whole, f"{name} cycles of {size}")
         assert cut_counts == counts
 
@@ -533,16 +581,17 @@ class RawStructPages:
 
 
 @pytest.mark.vmcore
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("level", (1, 2, 4, 8, 16, 24, 31))
 @pytest.mark.parametrize("name", FIX_612)
-def test_612_differences_are_explained(name: str, level: int,
+def test_612_differences_are_explained(name: str, level: int, path: str,
                                        record_property: pytest.RecordProperty) -> None:
     """Where makedumpfile 1.7.2 and slimdump differ on 6.12, the struct page
     says slimdump is right: pages only slimdump drops are free (buddy by the
     6.12 encoding, only at bit 16); pages only makedumpfile drops are slab
     pages it mistakes for user data (only at bit 8).  Everything else agrees."""
     theirs = makedumpfile_output(name, level)
-    present, dumpable, _counts = slimdump_classes(name, level)
+    present, dumpable, _counts = slimdump_classes(name, level, path=path)
     assert_same_pfns(present, theirs.bitmap1, f"{name} 1st bitmap")
     ours = kept_with_content(name, level, dumpable)
     only_we_drop = np.flatnonzero(theirs.kept_with_content & ~ours)

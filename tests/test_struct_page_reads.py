@@ -14,6 +14,7 @@ import pytest
 
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel import pages as pages_mod
+from slimdump.kernel import pages_np
 from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.pages import (
     DEFAULT_CYCLE,
@@ -37,6 +38,7 @@ from tests.test_pages import (
     Style,
     expected_excluded,
     synthetic_core,
+    unpack,
 )
 
 PAGE = 4096
@@ -146,10 +148,17 @@ def classifier(src: DumpSource) -> PageClassifier:
     return PageClassifier(KernelMemory(src, info))
 
 
-def classify_all(pc: PageClassifier, level: int, cycle: int
+def classify_all(pc: PageClassifier, level: int, cycle: int, packed: bool = False
                  ) -> tuple[np.ndarray, ExclusionCounts]:
+    """(category per pfn, counts) over the whole dump by ``classify``, or
+    (excluded per pfn, counts) by ``classify_packed`` when ``packed``."""
     parts, total = [], ExclusionCounts()
     for a, b in cycles(0, pc.max_mapnr, cycle):
+        if packed:
+            p = pc.classify_packed(level, a, b)
+            parts.append(unpack(p.present, b - a) & ~unpack(p.keep, b - a))
+            total.add(p.counts)
+            continue
         c = pc.classify(level, a, b)
         parts.append(c.category)
         total.add(c.counts)
@@ -195,14 +204,15 @@ def test_unreadable_struct_pages_whatever_the_cut(tmp_path: Path, style: Style,
         lost_present = int(present[LOST.start:LOST.stop].sum())
         assert lost_present == len(LOST)
         for chunk_bytes in (512 * SP, 0x3080 * SP, 1 << 20):
-            monkeypatch.setattr(pages_mod, "_CHUNK_BYTES", chunk_bytes)
-            monkeypatch.setattr(pages_mod, "_PARALLEL_MIN_BYTES", 0)
-            for parallel in (False, True):
+            monkeypatch.setattr(pages_np, "_CHUNK_BYTES", chunk_bytes)
+            monkeypatch.setattr(pages_np, "_PARALLEL_MIN_BYTES", 0)
+            monkeypatch.setattr(pages_mod, "_NATIVE_CHUNK_BYTES", chunk_bytes)
+            for parallel, packed in ((False, False), (True, False), (False, True)):
                 pc = classifier(src)
                 pc.parallel = parallel
                 for level in LEVELS:
                     for cycle in (777, 4096, DEFAULT_CYCLE):
-                        category, counts = classify_all(pc, level, cycle)
+                        category, counts = classify_all(pc, level, cycle, packed)
                         got = set(np.flatnonzero(category).tolist())
                         want = expected_excluded(level)
                         assert got == want, (chunk_bytes, parallel, level, cycle,
@@ -218,19 +228,32 @@ def test_unreadable_struct_pages_whatever_the_cut(tmp_path: Path, style: Style,
 def test_one_thread_or_two_same_pages_same_reads(name: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """On a real vmcore: the helper thread changes neither the verdict nor a
-    byte of what is read, nor do small chunks."""
-    results = []
-    for parallel, chunk_bytes in ((False, 1 << 20), (True, 1 << 20), (True, 64 << 10)):
-        monkeypatch.setattr(pages_mod, "_CHUNK_BYTES", chunk_bytes)
-        with open_dump(real_vmcore(name)) as src:
-            pc = classifier(src)
-            pc.parallel = parallel
-            before = src.bytes_read
-            per_level = [classify_all(pc, level, DEFAULT_CYCLE) for level in (31, 16, 8, 2)]
-            results.append((per_level, src.bytes_read - before))
-    (base, base_read), *others = results
-    for per_level, read in others:
+    byte of what is read, nor do small chunks; the same for the C walk,
+    which reads exactly the bytes the numpy walk reads."""
+    results: dict[bool, list] = {False: [], True: []}
+    for packed in (False, True):
+        for parallel, chunk_bytes in ((False, 1 << 20), (True, 1 << 20), (True, 64 << 10)):
+            monkeypatch.setattr(pages_np, "_CHUNK_BYTES", chunk_bytes)
+            monkeypatch.setattr(pages_mod, "_NATIVE_CHUNK_BYTES", chunk_bytes)
+            with open_dump(real_vmcore(name)) as src:
+                pc = classifier(src)
+                pc.parallel = parallel
+                before = src.bytes_read
+                per_level = [classify_all(pc, level, DEFAULT_CYCLE, packed)
+                             for level in (31, 16, 8, 2)]
+                results[packed].append((per_level, src.bytes_read - before,
+                                        pc.struct_page_bytes))
+    (base, base_read, base_asked), *others = results[False] + results[True]
+    for _per_level, read, asked in others:
         assert read == base_read
-        for (cat, counts), (cat0, counts0) in zip(per_level, base, strict=True):
-            assert counts == counts0
-            assert np.array_equal(cat, cat0)
+        assert asked == base_asked
+    for packed in (False, True):
+        base = results[packed][0][0]
+        for per_level, _read, _asked in results[packed][1:]:
+            for (cat, counts), (cat0, counts0) in zip(per_level, base, strict=True):
+                assert counts == counts0
+                assert np.array_equal(cat, cat0)
+    for (exc, counts), (cat, counts0) in zip(results[True][0][0], results[False][0][0],
+                                             strict=True):
+        assert counts == counts0
+        assert np.array_equal(exc, cat != 0)

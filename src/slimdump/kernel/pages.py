@@ -14,14 +14,20 @@ makedumpfile's ``--cyclic-buffer``) and the only bytes read from the dump are
 the ``struct page`` entries of pages the dump holds (SIZE(page) bytes per
 page: 64 per 4 KiB on x86_64, about 1.5 % of the dump).
 
-The walk is bound by memory bandwidth, so it touches each struct page as
-few times as it can: the array is translated a mapping at a time (vmemmap
-is mapped with 2 MiB pages), read with preads straight into a cache-sized
-chunk buffer, and each chunk is scanned with a few numpy passes over the
-raw records for pages some rule could fire on (a flag, an odd mapping, a
-page type); only those (a few per cent of a typical dump) are copied out
-and given the full rules below.  Chunks are independent, and on a machine
-with two CPUs a helper thread does half of them.
+Two implementations give the same answer:
+
+* :meth:`PageClassifier.classify_packed` (what a capture uses): the C
+  extension :mod:`slimdump.kernel._pageclass` walks the struct pages in
+  makedumpfile's order, a cache-sized chunk at a time, and the result comes
+  back as packed bitmaps.  Neither this module nor that path imports numpy
+  (``import numpy`` alone costs more than classifying a 4 GiB dump in C).
+* :meth:`PageClassifier.classify`: the numpy classifier
+  (:mod:`slimdump.kernel.pages_np`, imported on first use), vectorised over
+  whole windows; the reference the C code is tested against, and the
+  fallback of :meth:`~PageClassifier.classify_packed` for what the C code
+  does not do (extension not built, big-endian or 32-bit struct pages,
+  struct pages that cannot be read, compound pages larger than the
+  look-back whose head lies before the window).
 
 Rules, in makedumpfile's order (``kdump-formats.md`` 5.3); the first rule
 that fires on a page decides it:
@@ -35,7 +41,12 @@ that fires on a page decides it:
 5. anonymous or hugetlb pages (bit 8),
 6. HWPoison (always), 7. logically offline (always).
 
-When a rule fires on a compound head the whole ``1 << order`` block goes.
+When a rule fires on a compound head the whole ``1 << order`` block goes,
+and makedumpfile's walk goes on after the block: a page inside an excluded
+block is never looked at.  The first tail page of a head (its order, its
+hugetlb marks) is looked at only inside the head's 512-pfn block (the
+struct pages makedumpfile reads at a time); orders >= 63 and heads not
+aligned to their order mean order 0.
 
 Kernel encodings are told apart by which VMCOREINFO keys exist, never by the
 release: page types compared for equality with the NUMBER(PAGE_*_MAPCOUNT_VALUE)
@@ -49,20 +60,40 @@ PAGE_HUGETLB_MAPCOUNT_VALUE (6.9+).
 
 from __future__ import annotations
 
-import bisect
 import os
+import struct
 import sys
 import threading
+from array import array
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import numpy as np
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from slimdump.elf import EM_X86_64
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory, KernelViewError
 from slimdump.sources.base import Segment
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from slimdump.kernel.pages_np import NumpyWalk
+
+
+def _load_native() -> ModuleType | None:
+    try:
+        from slimdump.kernel import _pageclass
+    except ImportError:
+        return None
+    return _pageclass
+
+
+#: the C classifier (:mod:`slimdump.kernel._pageclass`), None when not built
+NATIVE: ModuleType | None = _load_native()
+#: True: :meth:`PageClassifier.classify_packed` always goes through numpy
+#: (tests; ``SLIMDUMP_PAGECLASS=numpy`` in the environment sets it)
+FORCE_NUMPY = os.environ.get("SLIMDUMP_PAGECLASS") == "numpy"
 
 # -d bits
 DL_ZERO = 1
@@ -78,21 +109,18 @@ NOT_PADDR = (1 << 64) - 1
 #: default number of pfns per cycle for callers that do not choose one (1 GiB of 4 KiB pages)
 DEFAULT_CYCLE = 1 << 18
 
-_MASK64 = (1 << 64) - 1
-# makedumpfile reads struct pages 512 at a time, aligned on pfn; a compound head
-# that is the last page of such a block gets no tail lookup (order 0).
-_PGMM_CACHED = 512
+MASK64 = (1 << 64) - 1
+#: makedumpfile reads struct pages 512 at a time, aligned on pfn; a compound
+#: head that is the last page of such a block gets no tail lookup (order 0)
+PGMM_CACHED = 512
+#: tails more than this many pfns after their head are not believed
+MAX_COMPOUND_SPAN = 1 << 30
 # low bits of mem_section.section_mem_map that are flags, not address
 _SECTION_FLAG_MASK = 0x3F
 _SECTION_MARKED_PRESENT = 0x1
-# largest single read of struct pages (bytes)
-_READ_CHUNK = 1 << 20
-# struct pages are read and scanned this many bytes at a time (cache-sized)
-_CHUNK_BYTES = 1 << 20
-# below this many bytes of struct pages one thread does it all
-_PARALLEL_MIN_BYTES = 4 << 20
-# tails more than this many pfns after their head are not believed
-_MAX_COMPOUND_SPAN = 1 << 30
+# the C walk reads and classifies struct pages this many bytes at a time
+# (cache-sized: each chunk is classified while the pread left it in cache)
+_NATIVE_CHUNK_BYTES = 1 << 21
 
 # category codes painted into a pfn range; 0 = kept
 FREE, UNACCEPTED, CACHE, CACHE_PRIVATE, USER, HWPOISON, OFFLINE = range(1, 8)
@@ -140,13 +168,38 @@ def _pfn_intervals(segments: Sequence[Segment], page_size: int,
     return out
 
 
-def _paint(intervals: Sequence[tuple[int, int]], start: int, end: int) -> np.ndarray:
-    mask = np.zeros(max(end - start, 0), dtype=bool)
-    for a, b in intervals:
-        a, b = max(a, start), min(b, end)
-        if a < b:
-            mask[a - start:b - start] = True
-    return mask
+def _clip(intervals: Sequence[tuple[int, int]], start: int, end: int
+          ) -> list[tuple[int, int]]:
+    """``intervals`` cut to [start, end), sorted and merged."""
+    cut = sorted((max(a, start), min(b, end)) for a, b in intervals
+                 if max(a, start) < min(b, end))
+    out: list[tuple[int, int]] = []
+    for a, b in cut:
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def _pack_intervals(intervals: Sequence[tuple[int, int]], start: int, end: int) -> bytes:
+    """The pfns of ``intervals`` in [start, end) as a packed bitmap (bit i of
+    byte k: pfn start + 8k + i)."""
+    n = max(end - start, 0)
+    out = bytearray((n + 7) // 8)
+    for a, b in _clip(intervals, start, end):
+        a, b = a - start, b - start
+        first_full, last_full = -(-a // 8), b // 8
+        if first_full > last_full:                    # inside one byte
+            out[a // 8] |= ((1 << (b - a)) - 1) << (a % 8)
+            continue
+        if a % 8:
+            out[a // 8] |= (0xFF << (a % 8)) & 0xFF
+        out[first_full:last_full] = b"\xff" * (last_full - first_full)
+        if b % 8:
+            out[last_full] |= (1 << (b % 8)) - 1
+    return bytes(out)
 
 
 def present_range(segments: Sequence[Segment], page_size: int, start: int,
@@ -155,9 +208,20 @@ def present_range(segments: Sequence[Segment], page_size: int, start: int,
 
     A segment [s, e) sets pfns floor(s/P) .. floor(e/P) - 1; segments with
     p_paddr all-ones are ignored; the kernel-image PT_LOAD, which duplicates
-    RAM, simply sets the same bits again.
+    RAM, simply sets the same bits again.  (numpy; :func:`present_packed` is
+    the same without it.)
     """
+    from slimdump.kernel.pages_np import _paint
+
     return _paint(_pfn_intervals(segments, page_size, True), start, end)
+
+
+def present_packed(segments: Sequence[Segment], page_size: int, start: int,
+                   end: int) -> bytes:
+    """:func:`present_range` packed little-endian bit order (bit i of byte k
+    is pfn start + 8k + i, ``np.packbits(..., bitorder="little")``), without
+    numpy."""
+    return _pack_intervals(_pfn_intervals(segments, page_size, True), start, end)
 
 
 def present_bitmap(segments: Sequence[Segment], page_size: int) -> np.ndarray:
@@ -176,6 +240,7 @@ def cycles(start: int, end: int, size: int = DEFAULT_CYCLE) -> Iterator[tuple[in
         hi = min(end, (lo // size + 1) * size)
         yield lo, hi
         lo = hi
+
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +280,7 @@ class ExclusionCounts:
 
 @dataclass
 class PageClasses:
-    """The verdict for pfns [start, end) at one dump level."""
+    """The verdict for pfns [start, end) at one dump level (numpy arrays)."""
 
     start: int
     end: int
@@ -228,6 +293,20 @@ class PageClasses:
     def dumpable(self) -> np.ndarray:
         """present & ~excluded (zero pages still included)."""
         return self.present & ~self.excluded
+
+
+@dataclass
+class PackedClasses:
+    """The verdict for pfns [start, end) as packed bitmaps, what the dump
+    writers store: bit i of byte k is pfn start + 8k + i (little bit order,
+    as ``np.packbits(..., bitorder="little")``), ceil((end - start) / 8)
+    bytes each; bits past ``end`` in the last byte are 0."""
+
+    start: int
+    end: int
+    present: bytes                  # the 1st bitmap
+    keep: bytes                     # present & ~excluded (PageClasses.dumpable)
+    counts: ExclusionCounts = field(default_factory=ExclusionCounts)
 
 
 # ---------------------------------------------------------------------------
@@ -323,7 +402,7 @@ class _Layout:
                    order_source=order_source, order_in_tail=order_in_tail,
                    hugetlb_source=hugetlb_source, dtor_in_tail=dtor_in_tail,
                    hugetlb_value=hugetlb_value,
-                   head_mask=head_mask & _MASK64 if head_mask else None,
+                   head_mask=head_mask & MASK64 if head_mask else None,
                    pg=pg, mapcount_values=values,
                    max_order=info.length("zone.free_area") or 11)
 
@@ -342,153 +421,57 @@ class _Layout:
 
     def dtype(self) -> np.dtype:
         """One struct page as a numpy record (overlapping fields allowed)."""
-        names, formats, offsets = ["flags"], [self.word], [self.off_flags]
-        optional = (("mapping", self.word, self.off_mapping),
-                    ("mapcount", self.endian + "u4", self.off_mapcount),
-                    ("private", self.word, self.off_private),
-                    ("chead", self.word, self.off_chead),
-                    ("order_b", "u1", self.order_in_tail if self.order_source == "byte"
-                     else None),
-                    ("dtor_b", "u1", self.dtor_in_tail if self.hugetlb_source == "dtor"
-                     else None))
-        for name, fmt, off in optional:
-            if off is not None:
-                names.append(name)
-                formats.append(fmt)
-                offsets.append(off)
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                         "itemsize": self.size})
+        from slimdump.kernel.pages_np import dtype_of
 
+        return dtype_of(self)
 
-class _Pages:
-    """n consecutive struct pages exactly as read: ``raw`` holds their bytes
-    (zeros where unread), ``ok`` says which were read whole (filled by
-    :meth:`PageClassifier._load`; a chunk of :meth:`PageClassifier._stream`
-    leaves it to the caller).  Fields are read
-    from ``raw`` in place (:meth:`field`, strided views) for the few tests
-    that run over every page, and gathered into native integer columns
-    (:meth:`gather`) only for the pages that need the full rules."""
-
-    #: the columns :meth:`gather` returns (absent fields as zeros)
-    FIELDS = (("flags", np.uint64), ("mapping", np.uint64), ("mapcount", np.uint32),
-              ("private", np.uint64), ("chead", np.uint64), ("order_b", np.uint8),
-              ("dtor_b", np.uint8))
-    #: what the rules read of a page itself, and of its next struct page
-    CUR = ("flags", "mapping", "mapcount", "private", "chead")
-    NXT = ("flags", "order_b", "dtor_b")
-
-    def __init__(self, n: int, dtype: np.dtype, buffer: np.ndarray | None = None) -> None:
-        """``buffer``: uint8 storage to use (its first n * SIZE(page) bytes;
-        contents undefined: the reader writes or zeroes every byte)."""
-        self.ok = np.zeros(n, dtype=bool)
-        nbytes = n * dtype.itemsize
-        self.raw = np.zeros(nbytes, dtype=np.uint8) if buffer is None else buffer[:nbytes]
-        self.records = self.raw.view(dtype)
-
-    def field(self, name: str) -> np.ndarray | None:
-        """A strided view of one field of every struct page (the dump's byte
-        order and word size), None if the layout has no such field."""
-        if name not in (self.records.dtype.names or ()):
+    def native_params(self) -> array | None:
+        """The layout as the C classifier's int64 parameter array (-1 where
+        a key is absent), or None when the C code cannot read these struct
+        pages: it handles little-endian 64-bit ``unsigned long`` only, on a
+        little-endian host, with a buddy order limit of 1 .. 63."""
+        if (self.word != "<u8" or sys.byteorder != "little"
+                or not 1 <= self.max_order <= 63):
             return None
-        return self.records[name]
 
-    def low_bit(self, name: str, a: int, b: int) -> np.ndarray | None:
-        """bool[b - a]: bit 0 of an integer field of struct pages a .. b - 1,
-        read from the one byte that holds it (no word-sized temporaries);
-        None if there is no such field."""
-        fields = self.records.dtype.fields or {}
-        if name not in fields:
-            return None
-        dt, offset = fields[name][0], fields[name][1]
-        if dt.byteorder == ">" or (dt.byteorder == "=" and sys.byteorder == "big"):
-            offset += dt.itemsize - 1
-        size = self.records.dtype.itemsize
-        if b <= a:
-            return np.zeros(0, dtype=bool)
-        low = np.ndarray((b - a,), dtype=np.uint8, buffer=self.raw, offset=offset + a * size,
-                         strides=(size,))
-        return (low & 1).view(bool)
+        def opt(value: int | None) -> int:
+            return -1 if value is None else value
 
-    def gather(self, idx: np.ndarray, names: Sequence[str] | None = None
-               ) -> dict[str, np.ndarray]:
-        """The fields ``names`` (default: all of FIELDS) of the struct pages
-        at ``idx`` as native integer columns (zero where the layout has no
-        such field)."""
-        have = self.records.dtype.names or ()
-        out = {}
-        for name, dt in self.FIELDS:
-            if names is not None and name not in names:
-                continue
-            if name in have:
-                out[name] = self.records[name][idx].astype(dt)
-            else:
-                out[name] = np.zeros(len(idx), dtype=dt)
-        return out
+        order_src = {None: 0, "byte": 1, "flags1": 2}[self.order_source]
+        huge_src = {None: 0, "dtor": 1, "tailflag": 2, "mapcount": 3}[self.hugetlb_source]
+        head_mask = self.head_mask or 0
+        if head_mask >= 1 << 63:
+            head_mask -= 1 << 64                       # as int64
+        pg = [opt(self.pg.get(name)) for name in (
+            "PG_lru", "PG_private", "PG_swapcache", "PG_swapbacked", "PG_slab",
+            "PG_hwpoison", "PG_buddy", "PG_hugetlb")]
+        values = [opt(self.mapcount_values.get(name)) for name in (
+            "PAGE_BUDDY_MAPCOUNT_VALUE", "PAGE_OFFLINE_MAPCOUNT_VALUE",
+            "PAGE_SLAB_MAPCOUNT_VALUE", "PAGE_HUGETLB_MAPCOUNT_VALUE",
+            "PAGE_UNACCEPTED_MAPCOUNT_VALUE")]
+        buddy = {None: 0, "flag": 1, "mapcount": 2}[self.buddy_test]
+        return array("q", [self.size, self.off_flags, opt(self.off_mapping),
+                           opt(self.off_mapcount), opt(self.off_private), opt(self.off_chead),
+                           order_src, opt(self.order_in_tail), huge_src,
+                           opt(self.dtor_in_tail), (self.hugetlb_value or 0) & 0xFFFFFFFF,
+                           head_mask, *pg, *values, self.max_order, buddy])
 
 
-@dataclass
-class _VirtualRead:
-    """One virtually contiguous range of struct pages to read: the physical
-    runs that hold it and, per virtual page it touches, whether some read of
-    it succeeded (``ok``) and whether some byte of it could not be
-    translated or read (``bad``); a page is read when ok and not bad."""
-
-    vaddr: int
-    first: int                      # vaddr // page size
-    ok: np.ndarray
-    bad: np.ndarray
-    runs: list[list[int]]           # [byte offset from vaddr, paddr, length]
-
-
-@dataclass
-class _Found:
-    """What one chunk's pass over its struct pages found: the pages the
-    full rules must look at (window indices) with their fields and their
-    next struct page's, and the compound tails with their compound_head."""
-
-    idx: np.ndarray
-    cur: dict[str, np.ndarray]
-    nxt: dict[str, np.ndarray]
-    tails: np.ndarray
-    chead: np.ndarray
+def check_walk_keys(path: str, layout: _Layout, dump_level: int) -> None:
+    """KernelViewError when ``dump_level``'s rules cannot be applied with the
+    keys the kernel exports (free pages that cannot be recognised; page
+    cache or user data without OFFSET(page.mapping))."""
+    if dump_level & DL_FREE and layout.buddy_test is None:
+        raise KernelViewError(path, "free pages cannot be recognised: VMCOREINFO has "
+                                    "neither NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE) nor "
+                                    "NUMBER(PG_buddy) with OFFSET(page.private), and "
+                                    "walking the zone free lists is not supported")
+    if dump_level & (DL_CACHE | DL_CACHE_PRIVATE | DL_USER) and layout.off_mapping is None:
+        raise KernelViewError(path, "VMCOREINFO has no OFFSET(page.mapping)")
 
 
-_HELPER: ThreadPoolExecutor | None = None
-_HELPER_LOCK = threading.Lock()
-_SINGLE_CPU = False
-
-
-def _helper() -> ThreadPoolExecutor | None:
-    """One worker thread shared by every classifier (created on first use),
-    or None when this process may run on one CPU only.  The struct page
-    walk is bound by memory bandwidth (pread copies, strided numpy passes,
-    both without the GIL); a second core nearly halves it."""
-    global _HELPER, _SINGLE_CPU
-    if _HELPER is None and not _SINGLE_CPU:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cpus = os.cpu_count() or 1
-        if cpus < 2:
-            _SINGLE_CPU = True
-            return None
-        with _HELPER_LOCK:
-            if _HELPER is None:
-                _HELPER = ThreadPoolExecutor(max_workers=1,
-                                             thread_name_prefix="slimdump-pages")
-    return _HELPER
-
-
-def _forget_helper() -> None:
-    """In a forked child the helper's thread does not exist: make a new one
-    there if needed (work handed to the old executor would never run)."""
-    global _HELPER, _HELPER_LOCK
-    _HELPER = None
-    _HELPER_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helper)
+class _NativeFallback(Exception):
+    """This window is one the C walk does not do: classify it with numpy."""
 
 
 # ---------------------------------------------------------------------------
@@ -501,6 +484,10 @@ class PageClassifier:
     ``PageClassifier(mem)`` only parses VMCOREINFO; the struct page array is
     located (``mem_section`` / ``mem_map``) on first use, so that dump levels
     that need no struct page walk work even when the keys are missing.
+    Neither construction nor :meth:`classify_packed` imports numpy when the
+    C classifier is built; :meth:`classify` does.  Two threads may classify
+    two windows at once (with :meth:`classify_packed`, on a source whose
+    :attr:`~slimdump.sources.base.DumpSource.parallel_reads` says so).
     """
 
     def __init__(self, mem: KernelMemory) -> None:
@@ -511,18 +498,20 @@ class PageClassifier:
         self._present_iv = _pfn_intervals(self.segments, self.page_size, True)
         self._inseg_iv = _pfn_intervals(self.segments, self.page_size, False)
         self._layout: _Layout | None = None
-        self._record: np.dtype | None = None
-        # chunk buffers of _stream, kept from one call to the next: the
-        # calling thread's and the helper thread's
-        self._chunk_buffers: list[np.ndarray | None] = [None, None]
-        #: use the shared helper thread for big windows (results are the same
-        #: either way; False: everything in the calling thread)
+        self._numpy: NumpyWalk | None = None
+        #: use the numpy walk's helper thread for big windows (results are
+        #: the same either way; False: everything in the calling thread)
         self.parallel = True
         self._ranges: list[tuple[int, int, int]] | None = None   # (pfn_start, pfn_end, base)
         self._range_starts: list[int] = []
         self.memory_model: str | None = None
         #: bytes of struct page asked for so far (the dump source counts what it read)
         self.struct_page_bytes = 0
+        #: windows :meth:`classify_packed` gave to numpy (and why, one word each)
+        self.fallbacks: list[str] = []
+        self._native_params: array | None = None
+        self._lock = threading.Lock()
+        self._buffers: list[bytearray] = []     # C walk chunk buffers not in use
 
     # -- what the kernel exports -------------------------------------------
 
@@ -531,12 +520,6 @@ class PageClassifier:
         if self._layout is None:
             self._layout = _Layout.from_info(self.mem)
         return self._layout
-
-    def _dtype(self) -> np.dtype:
-        """The layout's struct page record, built once."""
-        if self._record is None:
-            self._record = self.layout.dtype()
-        return self._record
 
     def walk_needed(self, dump_level: int) -> bool:
         """Whether makedumpfile would walk struct pages at this level: for
@@ -549,6 +532,7 @@ class PageClassifier:
         if info.number("PG_hwpoison") is not None:
             return True
         return bool(dump_level & DL_FREE)
+
 
     # -- where struct page lives ----------------------------------------------
 
@@ -602,27 +586,28 @@ class PageClassifier:
         needed = min(-(-self.max_mapnr // per_section), nr_sections)
         ptr = mem.pointer_size
 
-        word = mem.endian + ("u8" if ptr == 8 else "u4")
+        if sec_off < 0 or sec_off + ptr > sec_size:
+            raise KernelViewError(path, "OFFSET(mem_section.section_mem_map) is outside "
+                                        "SIZE(mem_section)")
+        word = mem.endian + ("Q" if ptr == 8 else "I")
 
         def decode(root_array: int) -> dict[int, int]:
             """section number -> mem_map base, for sections present with a map."""
             if extreme:
                 nroots = -(-needed // per_root)
-                roots = np.frombuffer(mem.read(root_array, nroots * ptr), dtype=word)
-                tables = [(r * per_root, int(root)) for r, root in enumerate(roots.tolist())
-                          if root]
+                roots = struct.unpack(f"{mem.endian}{nroots}{word[1]}",
+                                      mem.read(root_array, nroots * ptr))
+                tables = [(r * per_root, root) for r, root in enumerate(roots) if root]
             else:
                 tables = [(0, root_array)]
             bases: dict[int, int] = {}
             for first, table in tables:
                 count = min(per_root if extreme else needed, needed - first)
                 raw = mem.read(table, count * sec_size)
-                words = np.ndarray((count,), dtype=word, buffer=raw, offset=sec_off,
-                                   strides=(sec_size,)).astype(np.uint64)
-                valid = ((words & np.uint64(_SECTION_MARKED_PRESENT)) != 0) \
-                    & ((words & ~np.uint64(_SECTION_FLAG_MASK)) != 0)
-                for i in np.flatnonzero(valid).tolist():
-                    bases[first + i] = int(words[i]) & ~_SECTION_FLAG_MASK
+                for i in range(count):
+                    value = struct.unpack_from(word, raw, i * sec_size + sec_off)[0]
+                    if value & _SECTION_MARKED_PRESENT and value & ~_SECTION_FLAG_MASK:
+                        bases[first + i] = value & ~_SECTION_FLAG_MASK
             return bases
 
         bases: dict[int, int] = {}
@@ -642,490 +627,182 @@ class PageClassifier:
             raise KernelViewError(path, problem)
         return [(nr * per_section, (nr + 1) * per_section, base)
                 for nr, base in sorted(bases.items())]
+    # -- classification ---------------------------------------------------------
 
-    # -- reading struct pages -------------------------------------------------
+    def _walker(self) -> NumpyWalk:
+        if self._numpy is None:
+            from slimdump.kernel.pages_np import NumpyWalk
 
-    def _plan_virtual(self, vaddr: int, size: int) -> _VirtualRead:
-        """Translate ``size`` bytes of kernel virtual memory at ``vaddr`` into
-        the physical runs to read (nothing is read yet; pages that cannot be
-        translated are marked bad).  Addresses are translated a mapping at a
-        time (:meth:`KernelMemory.vtop_extent`: a 2 MiB vmemmap page is one
-        translation, not 512); physically contiguous bytes make one run, of
-        at most _READ_CHUNK bytes."""
-        mem, psize = self.mem, self.page_size
-        first = vaddr // psize
-        npages = (vaddr + size - 1) // psize - first + 1 if size else 0
-        plan = _VirtualRead(vaddr, first, np.zeros(npages, dtype=bool),
-                            np.zeros(npages, dtype=bool), [])
-        runs = plan.runs
-        pos = 0
-        while pos < size:
-            va = vaddr + pos
-            try:
-                paddr, extent = mem.vtop_extent(va)
-            except DumpError:
-                plan.bad[va // psize - first] = True
-                pos = min((va // psize + 1) * psize - vaddr, size)
-                continue
-            n = min(extent, size - pos)
-            while n > 0:
-                if runs:
-                    last = runs[-1]
-                    if (last[0] + last[2] == pos and last[1] + last[2] == paddr
-                            and last[2] < _READ_CHUNK):
-                        take = min(n, _READ_CHUNK - last[2])
-                        last[2] += take
-                        pos, paddr, n = pos + take, paddr + take, n - take
-                        continue
-                take = min(n, _READ_CHUNK)
-                runs.append([pos, paddr, take])
-                pos, paddr, n = pos + take, paddr + take, n - take
-        return plan
-
-    def _read_piece(self, plan: _VirtualRead, out: memoryview, rel: int, paddr: int) -> None:
-        """Read ``len(out)`` bytes at ``paddr`` (``rel`` bytes into ``plan``)
-        straight into ``out``; if that fails, page by page, to keep what can
-        be read (what cannot is zeroed and its page marked bad)."""
-        source, psize = self.mem.source, self.page_size
-        length = len(out)
-        va = plan.vaddr + rel
-        k0 = va // psize - plan.first
-        k1 = (va + length - 1) // psize - plan.first + 1
-        try:
-            source.read_phys_into(paddr, out)
-            plan.ok[k0:k1] = True
-        except DumpError:
-            at = 0
-            for k in range(k0, k1):
-                piece = min(length, (plan.first + k + 1) * psize - va) - at
-                try:
-                    source.read_phys_into(paddr + at, out[at:at + piece])
-                    plan.ok[k] = True
-                except DumpError:
-                    out[at:at + piece] = bytes(piece)     # no partial data
-                    plan.bad[k] = True
-                at += piece
-
-    def _runs(self, lo: int, hi: int, need: np.ndarray) -> list[tuple[int, int, int]]:
-        """(index from lo, count, mem_map base) for each run of pfns in
-        [lo, hi) that ``need`` marks and one memory section's map holds."""
-        runs: list[tuple[int, int, int]] = []
-        if not need.any():
-            return runs
-        ranges = self._map_ranges()
-        i = max(bisect.bisect_right(self._range_starts, lo) - 1, 0)
-        for r_start, r_end, base in ranges[i:]:
-            if r_start >= hi:
-                break
-            a, b = max(r_start, lo), min(r_end, hi)
-            if a >= b:
-                continue
-            sub = need[a - lo:b - lo]
-            if sub.all():
-                runs.append((a - lo, b - a, base))
-                continue
-            edges = np.flatnonzero(np.diff(np.concatenate(([False], sub, [False]))
-                                           .astype(np.int8)))
-            for run_a, run_b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-                runs.append((a - lo + run_a, run_b - run_a, base))
-        return runs
-
-    def _plans(self, lo: int, runs: Sequence[tuple[int, int, int]]) -> list[_VirtualRead]:
-        """One translated :class:`_VirtualRead` per run of :meth:`_runs`."""
-        size = self.layout.size
-        plans = []
-        for index, count, base in runs:
-            plans.append(self._plan_virtual((base + (lo + index) * size) & _MASK64,
-                                            count * size))
-            self.struct_page_bytes += count * size
-        return plans
-
-    def _records_ok(self, ok: np.ndarray, runs: Sequence[tuple[int, int, int]],
-                    plans: Sequence[_VirtualRead]) -> None:
-        """Set ``ok`` (per pfn of the window) for the struct pages of
-        ``runs`` whose every byte was read."""
-        size, psize = self.layout.size, self.page_size
-        for (index, count, _base), plan in zip(runs, plans, strict=True):
-            vok = plan.ok & ~plan.bad
-            if vok.all():
-                ok[index:index + count] = True
-                continue
-            rel = plan.vaddr % psize + np.arange(count, dtype=np.int64) * size
-            ok[index:index + count] = vok[rel // psize] & vok[(rel + size - 1) // psize]
-
-    def _load(self, lo: int, hi: int, need: np.ndarray) -> _Pages:
-        """struct pages of the pfns in [lo, hi) that ``need`` marks, all in
-        memory (the others read as zeros, not ok): for a few pages."""
-        size = self.layout.size
-        pages = _Pages(hi - lo, self._dtype())
-        runs = self._runs(lo, hi, need)
-        plans = self._plans(lo, runs)
-        view = memoryview(pages.raw)
-        for (index, _count, _base), plan in zip(runs, plans, strict=True):
-            for rel, paddr, length in plan.runs:
-                at = index * size + rel
-                self._read_piece(plan, view[at:at + length], rel, paddr)
-        self._records_ok(pages.ok, runs, plans)
-        return pages
-
-    def _stream(self, dump_level: int, lo: int, hi: int, need: np.ndarray,
-                in_segs: np.ndarray, n: int) -> tuple[np.ndarray, _Found]:
-        """Read the struct pages of [lo, hi) that ``need`` marks and find, in
-        the first ``n``, the pages some rule of ``dump_level`` might fire on
-        and the compound tails; returns (ok per pfn of the window, what was
-        found among the readable pages, with fields).
-
-        The window's tens of MiB of struct pages are never in memory at once:
-        they go through a chunk buffer of _CHUNK_BYTES, each chunk read and
-        scanned while it is in the CPU cache, and only the few pages found
-        are kept.  Chunks end on multiples of _PGMM_CACHED pfns, where no
-        head looks at its next struct page, so chunks are independent: with
-        a helper thread, half of them are done there (pread and numpy work
-        without the GIL)."""
-        size = self.layout.size
-        runs = self._runs(lo, hi, need)
-        plans = self._plans(lo, runs)
-        chunk = max(_PGMM_CACHED, _CHUNK_BYTES // size // _PGMM_CACHED * _PGMM_CACHED)
-        first_chunk = lo // chunk
-        # every physical read, cut at chunk boundaries: chunk number ->
-        # [(offset in the chunk buffer, paddr, length, plan, offset in plan)]
-        pieces: dict[int, list[tuple[int, int, int, _VirtualRead, int]]] = {}
-        total = 0
-        for (index, _count, _base), plan in zip(runs, plans, strict=True):
-            run_at = index * size                   # the plan's first byte in the window
-            for rel, paddr, length in plan.runs:
-                total += length
-                at, end = run_at + rel, run_at + rel + length
-                while at < end:
-                    c = (lo + at // size) // chunk - first_chunk
-                    c0 = max((first_chunk + c) * chunk - lo, 0)
-                    piece_end = min(((first_chunk + c + 1) * chunk - lo) * size, end)
-                    skip = at - run_at - rel        # bytes of this run before the piece
-                    pieces.setdefault(c, []).append(
-                        (at - c0 * size, paddr + skip, piece_end - at, plan, rel + skip))
-                    at = piece_end
-        jobs = []
-        for c in sorted(pieces):
-            c0 = max((first_chunk + c) * chunk - lo, 0)
-            c1 = min((first_chunk + c + 1) * chunk - lo, hi - lo)
-            jobs.append((c0, c1, pieces[c]))
-
-        results: list[_Found | None] = [None] * len(jobs)
-
-        def work(role: int, which: range) -> None:
-            for j in which:
-                c0, c1, job = jobs[j]
-                results[j] = self._chunk(dump_level, role, c0, c1, job, in_segs, n)
-
-        helper = None
-        if (self.parallel and len(jobs) > 1 and total >= _PARALLEL_MIN_BYTES
-                and getattr(self.mem.source, "parallel_reads", False)):
-            helper = _helper()
-        if helper is None:
-            work(0, range(len(jobs)))
-        else:
-            other = helper.submit(work, 1, range(1, len(jobs), 2))
-            try:
-                work(0, range(0, len(jobs), 2))
-            finally:
-                other.result()
-
-        ok = np.zeros(hi - lo, dtype=bool)
-        self._records_ok(ok, runs, plans)
-        found = [r for r in results if r is not None]
-        if not found:
-            empty = np.zeros(0, dtype=np.int64)
-            none = _Pages(0, self._dtype())
-            return ok, _Found(empty, none.gather(empty, _Pages.CUR),
-                              none.gather(empty, _Pages.NXT), empty,
-                              np.zeros(0, dtype=np.uint64))
-
-        def joined(arrays: list[np.ndarray], keep: np.ndarray | None) -> np.ndarray:
-            out = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-            return out if keep is None else out[keep]
-
-        # only pages read whole count (a chunk could not know which are)
-        idx = joined([f.idx for f in found], None)
-        tails = joined([f.tails for f in found], None)
-        keep: np.ndarray | None = ok[idx]
-        keep_t: np.ndarray | None = ok[tails]
-        keep = None if keep.all() else keep
-        keep_t = None if keep_t.all() else keep_t
-        return ok, _Found(joined([idx], keep),
-                          {k: joined([f.cur[k] for f in found], keep) for k in _Pages.CUR},
-                          {k: joined([f.nxt[k] for f in found], keep) for k in _Pages.NXT},
-                          joined([tails], keep_t),
-                          joined([f.chead for f in found], keep_t))
-
-    def _chunk(self, dump_level: int, role: int, c0: int, c1: int,
-               job: Sequence[tuple[int, int, int, _VirtualRead, int]],
-               in_segs: np.ndarray, n: int) -> _Found | None:
-        """One chunk of :meth:`_stream`: window pfns [c0, c1), read into the
-        chunk buffer of ``role`` (0: the calling thread, 1: the helper)."""
-        dtype = self._dtype()
-        nbytes = (c1 - c0) * dtype.itemsize
-        buffer = self._chunk_buffers[role]
-        if buffer is None or len(buffer) < nbytes:
-            buffer = self._chunk_buffers[role] = np.empty(
-                max(nbytes, _CHUNK_BYTES + dtype.itemsize), dtype=np.uint8)
-        pages = _Pages(c1 - c0, dtype, buffer)
-        if sum(piece[2] for piece in job) < nbytes:
-            pages.raw[:] = 0                    # what is not read reads as zeros
-        view = memoryview(pages.raw)
-        for at, paddr, length, plan, rel in job:
-            self._read_piece(plan, view[at:at + length], rel, paddr)
-        m = min(c1, n) - c0
-        if m <= 0:
-            return None
-        idx = np.flatnonzero(self._candidates(dump_level, pages, 0, m) & in_segs[c0:c0 + m])
-        tail = pages.low_bit("chead", 0, m)
-        tails = np.zeros(0, dtype=np.int64) if tail is None else np.flatnonzero(tail)
-        if len(idx) == 0 and len(tails) == 0:
-            return None
-        # the next struct page of the chunk's last pfn (pfn % 512 == 511, or
-        # the window's extra last pfn) is never looked at: any row will do
-        nxt = np.minimum(idx + 1, c1 - c0 - 1)
-        chead = pages.field("chead")
-        return _Found(idx + c0, pages.gather(idx, _Pages.CUR), pages.gather(nxt, _Pages.NXT),
-                      tails + c0,
-                      np.zeros(0, dtype=np.uint64) if chead is None
-                      else chead[tails].astype(np.uint64))
-
-    def _base_of(self, pfns: np.ndarray) -> np.ndarray:
-        """mem_map base per pfn (0 where no section holds it), as uint64."""
-        ranges = self._map_ranges()
-        starts = np.array(self._range_starts, dtype=np.int64)
-        ends = np.array([r[1] for r in ranges], dtype=np.int64)
-        bases = np.array([r[2] for r in ranges], dtype=np.uint64)
-        idx = np.searchsorted(starts, pfns, side="right") - 1
-        valid = (idx >= 0) & (pfns < ends[np.maximum(idx, 0)])
-        return np.where(valid, bases[np.maximum(idx, 0)], np.uint64(0))
-
-    # -- rules ----------------------------------------------------------------
-
-    def _rules(self, dump_level: int, pfn: np.ndarray, cur: dict[str, np.ndarray],
-               nxt: dict[str, np.ndarray], next_ok: np.ndarray,
-               classified: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Category code (0 = kept) and block length per page, for pages whose
-        own fields are ``cur`` and whose next struct page (the first tail of a
-        compound head) is ``nxt``."""
-        L = self.layout
-        flags = cur["flags"]
-        mapcount = cur["mapcount"]
-        n = len(pfn)
-
-        def bit(name: str, word: np.ndarray = flags) -> np.ndarray:
-            b = L.pg.get(name)
-            if b is None:
-                return np.zeros(n, dtype=bool)
-            return (word & np.uint64(1 << b)) != 0
-
-        def typed(name: str) -> np.ndarray:
-            value = L.mapcount_values.get(name)
-            if value is None or L.off_mapcount is None:
-                return np.zeros(n, dtype=bool)
-            return mapcount == np.uint32(value)
-
-        tail = ((cur["chead"] & np.uint64(1)) != 0) if L.off_chead is not None \
-            else np.zeros(n, dtype=bool)
-        head = ((flags & np.uint64(L.head_mask)) != 0) if L.head_mask \
-            else np.zeros(n, dtype=bool)
-        # the first tail is looked at only when it is in the same 512-pfn block
-        looked = head & next_ok & (pfn % _PGMM_CACHED != _PGMM_CACHED - 1)
-
-        order = np.zeros(n, dtype=np.int64)
-        if L.order_source == "byte":
-            order = np.where(looked, nxt["order_b"], 0).astype(np.int64)
-        elif L.order_source == "flags1":
-            order = np.where(looked, nxt["flags"] & np.uint64(0xFF), 0).astype(np.int64)
-        # makedumpfile: orders >= 64 or heads not aligned to their order mean order 0
-        # (63 is refused too: it cannot be a real block and would overflow int64)
-        bad = (order >= 63) | ((pfn & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0)
-        order[bad] = 0
-
-        if L.hugetlb_source == "dtor":
-            hugetlb = looked & (nxt["dtor_b"] == (L.hugetlb_value or 0) & 0xFF)
-        elif L.hugetlb_source == "tailflag":
-            hugetlb = looked & bit("PG_hugetlb", nxt["flags"])
-        elif L.hugetlb_source == "mapcount":
-            hugetlb = looked & typed("PAGE_HUGETLB_MAPCOUNT_VALUE")
-        else:
-            hugetlb = np.zeros(n, dtype=bool)
-
-        slab = typed("PAGE_SLAB_MAPCOUNT_VALUE") if "PAGE_SLAB_MAPCOUNT_VALUE" in \
-            L.mapcount_values else bit("PG_slab")
-        anon = ((cur["mapping"] & np.uint64(1)) != 0) & ~slab
-        cache = bit("PG_lru") | (bit("PG_swapcache")
-                                 & (bit("PG_swapbacked") if "PG_swapbacked" in L.pg else True))
-        private_flag = bit("PG_private")
-
-        free_order = cur["private"].astype(np.int64)   # unsigned long wraps to negative: bad
-        if dump_level & DL_FREE:
-            if L.buddy_test == "flag":
-                buddy = bit("PG_buddy")
-            else:
-                buddy = ~slab & typed("PAGE_BUDDY_MAPCOUNT_VALUE")
-            free = buddy & (free_order >= 0) & (free_order < L.max_order)
-            unaccepted = typed("PAGE_UNACCEPTED_MAPCOUNT_VALUE")
-        else:
-            free = unaccepted = np.zeros(n, dtype=bool)
-        none = np.zeros(n, dtype=bool)
-        cache_np = (cache & ~private_flag & ~anon) if dump_level & DL_CACHE else none
-        cache_any = (cache & ~anon) if dump_level & DL_CACHE_PRIVATE else none
-        user = (anon | hugetlb) if dump_level & DL_USER else none
-        hwpoison = bit("PG_hwpoison")
-        offline = ~slab & typed("PAGE_OFFLINE_MAPCOUNT_VALUE")
-
-        code = np.select(
-            [~classified | tail, free, unaccepted, cache_np, cache_any & private_flag,
-             cache_any, user, hwpoison, offline],
-            [0, FREE, UNACCEPTED, CACHE, CACHE_PRIVATE, CACHE, USER, HWPOISON, OFFLINE],
-            0).astype(np.uint8)
-        length = np.left_shift(np.int64(1), order)
-        length = np.where(code == FREE, np.left_shift(np.int64(1), np.clip(free_order, 0, 62)),
-                          length)
-        length = np.where(code == UNACCEPTED, np.int64(1) << (L.max_order - 1), length)
-        return code, length
-
-    # -- the per-range work ---------------------------------------------------
+            self._numpy = NumpyWalk(self)
+        return self._numpy
 
     def classify(self, dump_level: int, start: int, end: int) -> PageClasses:
-        """Classify pfns [start, end) at ``dump_level`` (bit 1 ignored)."""
+        """Classify pfns [start, end) at ``dump_level`` (bit 1 ignored), with
+        numpy: per-pfn arrays, the reference for :meth:`classify_packed`."""
+        return self._walker().classify(dump_level, start, end)
+
+    def classify_packed(self, dump_level: int, start: int, end: int) -> PackedClasses:
+        """:meth:`classify` as packed bitmaps: ``present`` and ``keep`` are
+        ``np.packbits(c.present / c.dumpable, bitorder="little")`` of
+        ``c = classify(dump_level, start, end)``, bit for bit, with the same
+        counts.  Done by the C walk without numpy when it can; windows it
+        cannot do go to :meth:`classify` (see :attr:`fallbacks`)."""
         if start < 0 or end < start:
             raise ValueError(f"bad pfn range [{start}, {end})")
-        n_out = end - start
-        present = _paint(self._present_iv, start, end)
-        excluded = np.zeros(n_out, dtype=bool)
-        category = np.zeros(n_out, dtype=np.uint8)
-        counts = ExclusionCounts()
-        if n_out == 0 or not self.walk_needed(dump_level):
-            return PageClasses(start, end, present, excluded, category, counts)
+        if end == start or not self.walk_needed(dump_level):
+            present = _pack_intervals(self._present_iv, start, end)
+            return PackedClasses(start, end, present, present, ExclusionCounts())
         L = self.layout
-        if dump_level & DL_FREE and L.buddy_test is None:
-            raise KernelViewError(self.mem.path, "free pages cannot be recognised: VMCOREINFO has "
-                                                 "neither NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE) nor "
-                                                 "NUMBER(PG_buddy) with OFFSET(page.private), and "
-                                                 "walking the zone free lists is not supported")
-        if dump_level & (DL_CACHE | DL_CACHE_PRIVATE | DL_USER) and L.off_mapping is None:
-            raise KernelViewError(self.mem.path, "VMCOREINFO has no OFFSET(page.mapping)")
+        check_walk_keys(self.mem.path, L, dump_level)
+        why = "forced" if FORCE_NUMPY else "not built" if NATIVE is None else None
+        if why is None:
+            params = self._params()
+            if params is None:
+                why = "layout"
+            else:
+                try:
+                    return self._classify_native(params, dump_level, start, end)
+                except _NativeFallback as exc:
+                    why = str(exc)
+        with self._lock:
+            self.fallbacks.append(why)
+        return self._packed_numpy(dump_level, start, end)
 
-        # Look back far enough that every buddy block (aligned, order <
-        # max_order) covering `start` begins inside the window.
-        span = 1 << max(L.max_order - 1, 0)
+    def _params(self) -> array | None:
+        if self._native_params is None:
+            self._native_params = self.layout.native_params() or array("q")
+        return self._native_params or None
+
+    def _packed_numpy(self, dump_level: int, start: int, end: int) -> PackedClasses:
+        import numpy as np
+
+        c = self.classify(dump_level, start, end)
+        return PackedClasses(start, end, np.packbits(c.present, bitorder="little").tobytes(),
+                             np.packbits(c.dumpable, bitorder="little").tobytes(), c.counts)
+
+    def _classify_native(self, params: array, dump_level: int, start: int,
+                         end: int) -> PackedClasses:
+        """The C walk over the window of [start, end): the look-back (every
+        buddy block covering ``start`` begins in it), the pfns, one more
+        struct page (the first tail of a head at end - 1); read and walked a
+        chunk at a time, in order, each chunk while the read left it in the
+        CPU cache (a helper thread reading every other chunk made it slower:
+        the copies compete for memory bandwidth, and the walk then reads
+        from the other core's cache).  _NativeFallback for what only numpy
+        does."""
+        native = NATIVE
+        assert native is not None
+        L = self.layout
+        size = L.size
+        span = 1 << (L.max_order - 1)
         lo = start // span * span
-        hi = end + 1                              # one more: the first tail of the last head
-        n = end - lo
-        in_segs = _paint(self._inseg_iv, lo, hi)
-        present_w = _paint(self._present_iv, lo, hi)
-        need = in_segs | present_w
-        need[1:] |= in_segs[:-1]
-        ok, found = self._stream(dump_level, lo, hi, need, in_segs, n)
-        idx = found.idx
-        code, length = self._rules(dump_level, idx + lo, found.cur, found.nxt, ok[idx + 1],
-                                   np.ones(len(idx), dtype=bool))
-        fired = np.flatnonzero(code)
-        starts, lengths, codes = idx[fired] + lo, length[fired], code[fired]
-        if len(found.tails):
-            ext = self._outside_heads(dump_level, lo, found.tails + lo, found.chead)
-            if ext is not None:
-                starts = np.concatenate((ext[0], starts))
-                lengths = np.concatenate((ext[1], lengths))
-                codes = np.concatenate((ext[2], codes))
+        hi = end + 1
+        in_segs = _clip(self._inseg_iv, lo, hi)
+        present = _clip(self._present_iv, lo, hi)
+        # what is read: the struct pages of the pfns walked or in the 1st
+        # bitmap, and the next one of every pfn walked (a head's first tail)
+        need = _clip([*in_segs, *present, *((a + 1, b + 1) for a, b in in_segs)], lo, hi)
+        runs: list[tuple[int, int, int]] = []
+        ranges: list[tuple[int, int, int]] = []
+        if need:
+            ranges = [r for r in self._map_ranges() if r[0] < hi and r[1] > lo]
+            for a, b in need:
+                for r_start, r_end, base in ranges:
+                    ra, rb = max(a, r_start), min(b, r_end)
+                    if ra < rb:
+                        runs.append((ra, rb, base))
+            runs.sort()
+        flags = bytearray(hi - lo)
+        native.mark(flags, lo, array("q", [x for iv in in_segs for x in iv]), 1)
+        native.mark(flags, lo, array("q", [x for iv in present for x in iv]), 2)
+        cat = bytearray(end - start)
+        ranges_arr = array("Q", [x & MASK64 for r in ranges for x in r])
 
-        starts, lengths, codes = _effective(starts, lengths, codes)
-        category, per = _paint_blocks(starts, lengths, codes, start, end)
-        readable = ok[start - lo:end - lo]
-        kept = present & readable
-        if not kept.all():
-            category[~kept] = 0
-            per = np.bincount(category, minlength=8)
-        excluded = category != 0
-        counts = ExclusionCounts(**{CATEGORY_NAMES[c]: int(per[c]) for c in CATEGORY_NAMES})
-        counts.unreadable = int(n_out - np.count_nonzero(readable)) if present.all() \
-            else int(np.count_nonzero(present & ~readable))
-        return PageClasses(start, end, present, excluded, category, counts)
+        # chunks end where no head looks at its next struct page (pfn % 512
+        # == 511), except the last, which is read one struct page further
+        chunk = max(PGMM_CACHED, _NATIVE_CHUNK_BYTES // size // PGMM_CACHED * PGMM_CACHED)
+        # per chunk: its pfns, the pfn runs read, the physical reads (offset
+        # from the chunk's first pfn, paddr, bytes), all translated here, in
+        # the calling thread (the translator caches page tables)
+        plan: list[tuple[int, int, list[int], list[tuple[int, int, int]]]] = []
+        k = total = 0
+        for c0, c1 in cycles(lo, end, chunk):
+            top = hi if c1 == end else c1
+            ok: list[int] = []
+            reads: list[tuple[int, int, int]] = []
+            while k < len(runs) and runs[k][1] <= c0:
+                k += 1
+            for a, b, base in runs[k:]:
+                if a >= top:
+                    break
+                a, b = max(a, c0), min(b, top)
+                if a < b:
+                    ok += (a, b)
+                    reads += self._translate((base + a * size) & MASK64, (a - c0) * size,
+                                             (b - a) * size)
+                    total += (b - a) * size
+            plan.append((c0, c1, ok, reads))
+        with self._lock:
+            self.struct_page_bytes += total
 
-    def _candidates(self, dump_level: int, pages: _Pages, a: int, b: int) -> np.ndarray:
-        """bool[b - a]: the pages a .. b - 1 of ``pages`` that some rule of
-        ``dump_level`` might fire on, tested on the raw fields in place: a
-        flag a rule needs (PG_lru, PG_swapcache, PG_hwpoison, PG_buddy, the
-        head flag for hugetlb), an odd page.mapping (anonymous), or a page
-        type a rule compares _mapcount with.  A superset of what
-        :meth:`_rules` excludes, so that the full rules, which cost dozens
-        of passes, run only on these pages (usually a few per cent)."""
-        L = self.layout
-        bits = 0
-        wanted = ["PG_hwpoison"]
-        if dump_level & (DL_CACHE | DL_CACHE_PRIVATE):
-            wanted += ["PG_lru", "PG_swapcache"]
-        if dump_level & DL_FREE and L.buddy_test == "flag":
-            wanted.append("PG_buddy")
-        for name in wanted:
-            if name in L.pg:
-                bits |= 1 << L.pg[name]
-        if dump_level & DL_USER and L.hugetlb_source is not None and L.head_mask:
-            bits |= L.head_mask
-        values = []
-        if L.off_mapcount is not None:
-            names = ["PAGE_OFFLINE_MAPCOUNT_VALUE"]
-            if dump_level & DL_FREE:
-                names.append("PAGE_UNACCEPTED_MAPCOUNT_VALUE")
-                if L.buddy_test == "mapcount":
-                    names.append("PAGE_BUDDY_MAPCOUNT_VALUE")
-            values = [L.mapcount_values[k] for k in names if k in L.mapcount_values]
+        buffer = self._take_buffer((chunk + 1) * size)
+        view = memoryview(buffer)
+        source = self.mem.source
+        try:
+            until = -(1 << 63)
+            for c0, c1, ok, reads in plan:
+                try:
+                    for off, paddr, n in reads:
+                        source.read_phys_into(paddr, view[off:off + n])
+                except DumpError as exc:
+                    raise _NativeFallback("unreadable") from exc
+                status, until = native.walk(params, dump_level, buffer, c0, c0, c1, lo, end,
+                                            until, flags, cat, start, array("q", ok),
+                                            ranges_arr)
+                if status:
+                    raise _NativeFallback("outside head")
+        finally:
+            with self._lock:
+                self._buffers.append(buffer)
+        present_bits, keep_bits, c = native.finish(flags, lo, cat, start, end)
+        counts = ExclusionCounts(free=c[FREE], unaccepted=c[UNACCEPTED], cache=c[CACHE],
+                                 cache_private=c[CACHE_PRIVATE], user=c[USER],
+                                 hwpoison=c[HWPOISON], offline=c[OFFLINE], unreadable=c[0])
+        return PackedClasses(start, end, present_bits, keep_bits, counts)
 
-        cand = np.zeros(b - a, dtype=bool)
-        flags = pages.field("flags")
-        if bits and flags is not None:
-            cand |= (flags[a:b] & np.uint64(bits)) != 0
-        if dump_level & DL_USER:
-            anon = pages.low_bit("mapping", a, b)
-            if anon is not None:
-                cand |= anon
-        mapcount = pages.field("mapcount")
-        if values and mapcount is not None:
-            mc = mapcount[a:b] if len(values) == 1 else np.ascontiguousarray(mapcount[a:b])
-            for value in values:
-                cand |= mc == np.uint32(value)
-        return cand
+    def _take_buffer(self, nbytes: int) -> bytearray:
+        """A chunk buffer of at least ``nbytes`` not in use by another thread
+        (given back by the caller: a few are kept, one per thread at most)."""
+        with self._lock:
+            while self._buffers:
+                buffer = self._buffers.pop()
+                if len(buffer) >= nbytes:
+                    return buffer
+        return bytearray(nbytes)
 
-    def _outside_heads(self, dump_level: int, lo: int, tail_pfns: np.ndarray,
-                       chead: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Blocks of compound pages whose head lies before the window (only
-        compound pages larger than the look-back, e.g. 1 GiB hugetlb pages):
-        found through the compound_head pointers ``chead`` of the readable
-        tail pages ``tail_pfns``, classified like any head, returned as
-        (starts, lengths, codes)."""
-        L = self.layout
-        base = self._base_of(tail_pfns)
-        addr = chead - np.uint64(1)
-        delta = (addr - base).astype(np.uint64)       # wraps like the kernel's pointer math
-        aligned = (delta % np.uint64(L.size)) == 0
-        head_pfn = (delta // np.uint64(L.size)).astype(np.int64)
-        plausible = (base != 0) & aligned & (head_pfn >= 0) & (head_pfn < lo) \
-            & (tail_pfns - head_pfn < _MAX_COMPOUND_SPAN)
-        if not plausible.any():
-            return None
-        # distinct heads, sorted (np.sort, not np.unique: that imports numpy.ma,
-        # about 10 ms, on first use)
-        heads = np.sort(head_pfn[plausible])
-        heads = heads[np.concatenate(([True], heads[1:] != heads[:-1]))]
-        out_s, out_l, out_c = [], [], []
-        head_at, tail_at = np.array([0]), np.array([1])
-        for h in heads.tolist():
-            pages = self._load(h, h + 2, np.ones(2, dtype=bool))
-            classified = pages.ok[:1] & _paint(self._inseg_iv, h, h + 1)
-            code, length = self._rules(dump_level, np.array([h], dtype=np.int64),
-                                       pages.gather(head_at), pages.gather(tail_at),
-                                       pages.ok[1:2], classified)
-            if code[0]:
-                out_s.append(h)
-                out_l.append(int(length[0]))
-                out_c.append(int(code[0]))
-        if not out_s:
-            return None
-        return (np.array(out_s, dtype=np.int64), np.array(out_l, dtype=np.int64),
-                np.array(out_c, dtype=np.uint8))
+    def _translate(self, vaddr: int, at: int, size: int) -> list[tuple[int, int, int]]:
+        """The physical reads of ``size`` bytes of kernel virtual memory at
+        ``vaddr``, as (``at`` + offset from vaddr, paddr, bytes): translated a
+        mapping at a time (a 2 MiB vmemmap page is one translation),
+        physically contiguous bytes one read.  An address that cannot be
+        translated is _NativeFallback: numpy keeps what can be read, page by
+        page."""
+        mem = self.mem
+        out: list[tuple[int, int, int]] = []
+        pos = 0
+        try:
+            while pos < size:
+                paddr, extent = mem.vtop_extent(vaddr + pos)
+                n = min(extent, size - pos)
+                if out and out[-1][1] + out[-1][2] == paddr:
+                    last = out[-1]
+                    out[-1] = (last[0], last[1], last[2] + n)
+                else:
+                    out.append((at + pos, paddr, n))
+                pos += n
+        except DumpError as exc:
+            raise _NativeFallback("unreadable") from exc
+        return out
 
     # -- conveniences ---------------------------------------------------------
 
@@ -1143,80 +820,8 @@ class PageClassifier:
     def count(self, dump_level: int, start_pfn: int = 0, end_pfn: int | None = None,
               cycle: int = DEFAULT_CYCLE) -> ExclusionCounts:
         """Counts per category over [start_pfn, end_pfn) (default: all pfns),
-        classified ``cycle`` pfns at a time."""
+        classified ``cycle`` pfns at a time (with :meth:`classify_packed`)."""
         total = ExclusionCounts()
         for a, b in cycles(start_pfn, self.max_mapnr if end_pfn is None else end_pfn, cycle):
-            total.add(self.classify(dump_level, a, b).counts)
+            total.add(self.classify_packed(dump_level, a, b).counts)
         return total
-
-
-def _effective(starts: np.ndarray, lengths: np.ndarray, codes: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The exclusions makedumpfile actually performs.
-
-    It walks pfns in order and, after excluding a block, skips to the block's
-    end, so a candidate inside an earlier block is never looked at.  With
-    kernel-consistent data blocks nest (they are aligned powers of two), and
-    "not inside any earlier candidate" is the answer, found vectorised; if a
-    skipped candidate would reach past the running end (inconsistent data),
-    the walk is replayed over the candidates in order.
-    """
-    if len(starts) == 0:
-        return starts, lengths, codes
-    order = np.argsort(starts, kind="stable")
-    starts, lengths, codes = starts[order], lengths[order], codes[order]
-    ends = starts + lengths
-    reach = np.maximum.accumulate(ends)
-    before = np.concatenate(([np.iinfo(np.int64).min], reach[:-1]))
-    covered = before > starts
-    if not np.any(covered & (ends > before)):
-        keep = ~covered
-        return starts[keep], lengths[keep], codes[keep]
-    keep_list = []
-    until = np.iinfo(np.int64).min
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        if s >= until:
-            keep_list.append(i)
-            until = e
-    keep_idx = np.array(keep_list, dtype=np.int64)
-    return starts[keep_idx], lengths[keep_idx], codes[keep_idx]
-
-
-def _paint_blocks(starts: np.ndarray, lengths: np.ndarray, codes: np.ndarray,
-                  start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8[end - start]: each block's code over the pfns of [start, end)
-    it covers, 0 elsewhere; how many pfns carry each code, by code).
-
-    The blocks :func:`_effective` keeps are sorted and disjoint, so the
-    painting is one ``np.repeat`` of alternating gaps and blocks and the
-    counts come from the block lengths (no per-pfn arithmetic); blocks that
-    overlap, which :func:`_effective` never returns, have their codes summed
-    through a difference array."""
-    ends = starts + lengths
-    keep = (ends > start) & (starts < end)
-    a = np.maximum(starts[keep], start) - start
-    b = np.minimum(ends[keep], end) - start
-    c = codes[keep].astype(np.uint8)
-    n = end - start
-    if len(a) == 0:
-        per = np.zeros(8, dtype=np.int64)
-        per[0] = n
-        return np.zeros(n, dtype=np.uint8), per
-    if np.all(a[1:] >= b[:-1]):
-        # gap0, block0, gap1, block1, ..., last gap
-        edges = np.empty(2 * len(a) + 2, dtype=np.int64)
-        edges[0] = 0
-        edges[1:-1:2] = a
-        edges[2:-1:2] = b
-        edges[-1] = n
-        values = np.zeros(2 * len(a) + 1, dtype=np.uint8)
-        values[1::2] = c
-        runs = np.diff(edges)
-        per = np.bincount(c, weights=b - a, minlength=8).astype(np.int64)
-        per[0] = n - int(per.sum())
-        return np.repeat(values, runs), per
-    paint = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(paint, a, c.astype(np.int64))
-    np.add.at(paint, b, -c.astype(np.int64))
-    category = np.cumsum(paint[:-1]).astype(np.uint8)
-    return category, np.bincount(category, minlength=8)
