@@ -66,13 +66,13 @@ import sys
 import threading
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from slimdump.elf import EM_X86_64
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory, KernelViewError
+from slimdump.record import field, record
 from slimdump.sources.base import Segment
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def cycles(start: int, end: int, size: int = DEFAULT_CYCLE) -> Iterator[tuple[in
 # Results
 
 
-@dataclass
+@record
 class ExclusionCounts:
     """Pages excluded per category (present pages only, each counted once,
     under the rule that excluded it) and pages kept because their struct
@@ -278,7 +278,7 @@ class ExclusionCounts:
                 "unreadable": self.unreadable}
 
 
-@dataclass
+@record
 class PageClasses:
     """The verdict for pfns [start, end) at one dump level (numpy arrays)."""
 
@@ -295,7 +295,7 @@ class PageClasses:
         return self.present & ~self.excluded
 
 
-@dataclass
+@record
 class PackedClasses:
     """The verdict for pfns [start, end) as packed bitmaps, what the dump
     writers store: bit i of byte k is pfn start + 8k + i (little bit order,
@@ -313,7 +313,7 @@ class PackedClasses:
 # struct page layout and page-type encodings from VMCOREINFO
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Layout:
     """Where the fields are and how page types are encoded, all from keys."""
 

@@ -27,7 +27,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,6 +52,7 @@ from slimdump.kernel.pages import (
 )
 from slimdump.kernel.pages import MASK64 as _MASK64
 from slimdump.kernel.pages import MAX_COMPOUND_SPAN as _MAX_COMPOUND_SPAN
+from slimdump.record import record
 
 if TYPE_CHECKING:
     from slimdump.kernel.pages import PageClassifier, _Layout
@@ -161,7 +161,7 @@ class _Pages:
         return out
 
 
-@dataclass
+@record
 class _VirtualRead:
     """One virtually contiguous range of struct pages to read: the physical
     runs that hold it and, per virtual page it touches, whether some read of
@@ -175,7 +175,7 @@ class _VirtualRead:
     runs: list[list[int]]           # [byte offset from vaddr, paddr, length]
 
 
-@dataclass
+@record
 class _Found:
     """What one chunk's pass over its struct pages found: the pages the
     full rules must look at (window indices) with their fields and their
