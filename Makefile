@@ -21,7 +21,8 @@ apt:
 	    --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c | apt
+$(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c \
+          src/slimdump/kernel/_pageclass.c | apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

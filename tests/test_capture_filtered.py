@@ -4,6 +4,7 @@ selection as makedumpfile 1.7.2; bounded memory."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,37 @@ def test_num_threads(tmp_path: Path) -> None:
     res = slimdump("capture", "-c", "--num-threads", "0", src, tmp_path / "zero")
     assert res.returncode != 0 and "thread count 0 is not in 1-256" in res.stderr
     assert not (tmp_path / "zero").exists()
+
+
+LEAN_CAPTURE = """
+import sys
+from slimdump.cli import main
+code = main(sys.argv[1:])
+heavy = ("numpy", "dataclasses", "inspect", "concurrent.futures", "tempfile")
+print(" ".join(m for m in heavy if m in sys.modules) or "-")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("options", [["-l", "-d", "31"], ["-c", "-d", "0"]])
+def test_capture_imports_stay_lean(tmp_path: Path, options: list[str]) -> None:
+    """A capture starts as fast as makedumpfile only if it loads no more than
+    it needs: no numpy (the pages are classified in C), no dataclasses or
+    inspect (slimdump.record), no concurrent.futures (slimdump.threadpool),
+    no tempfile.  The file is still makedumpfile's: drgn-readable and the
+    same pages as a capture with numpy's classifier."""
+    from slimdump.kernel import pages
+
+    if pages.NATIVE is None:
+        pytest.skip("the C page classifier is not built here")
+    src = real_vmcore("6.1-sysrq")
+    lean, forced = tmp_path / "lean", tmp_path / "numpy"
+    res = subprocess.run([sys.executable, "-c", LEAN_CAPTURE, "capture", "--no-progress",
+                          *options, str(src), str(lean)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["-"]
+    env = dict(os.environ, SLIMDUMP_PAGECLASS="numpy")
+    res = subprocess.run([sys.executable, "-m", "slimdump", "capture", "--no-progress", *options,
+                          str(src), str(forced)], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert lean.read_bytes() == forced.read_bytes()

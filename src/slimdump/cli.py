@@ -7,7 +7,6 @@ one line on stderr naming the file and the problem, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -123,6 +122,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     with open_dump(args.file) as source:
         facts = collect(source, read_log=not args.no_log)
     if args.json:
+        import json
+
         json.dump(facts, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:

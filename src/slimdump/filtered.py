@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -29,11 +28,12 @@ from slimdump.kernel.pages import (
     PageClassifier,
     cycles,
     max_mapnr,
-    present_range,
+    present_packed,
     usable_segments,
 )
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.progress import Progress
+from slimdump.record import field, record
 from slimdump.sources.base import DumpSource, Segment
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
@@ -47,7 +47,7 @@ MAX_PHYSMEM_BITS = 52
 CYCLE_PAGES = 1024
 
 
-@dataclass
+@record
 class PageSelection:
     """Both bitmaps (1st: the source holds the page; 2nd: the page goes in),
     as :class:`~slimdump.bitmap.PfnBitmap` (in memory when small, in
@@ -134,28 +134,30 @@ def _classify_into(source: DumpSource, info: VmcoreInfo | None, dump_level: int,
     counts = ExclusionCounts()
     dumped = getattr(source, "bitmap2", None)     # a kdump-compressed source's own choice
     for start, end in _populated_cycles(source.segments, page_size, selection.max_mapnr):
-        present = present_range(source.segments, page_size, start, end)
-        if not present.any():
+        present = present_packed(source.segments, page_size, start, end)
+        if present.count(0) == len(present):
             continue                               # both bitmaps are zero already
         keep = present
         if classifier is not None:
             try:
-                classes = classifier.classify(dump_level, start, end)
+                classes = classifier.classify_packed(dump_level, start, end)
             except DumpError as exc:
                 selection.warnings.append(f"cannot classify pages from pfn {start:#x} on "
                                           f"({exc.problem}); keeping every page from there")
                 classifier = None
             else:
-                keep = present & ~classes.excluded
+                keep = classes.keep
                 counts.add(classes.counts)
         if dumped is not None:   # re-filtering a saved dump: what it left out stays out
-            keep = keep & dumped.bits(start, end - start)
-        selection.bitmap1.set_bits(start, present)
-        selection.bitmap2.set_bits(start, keep)
+            kept = int.from_bytes(keep, "little") & int.from_bytes(
+                dumped.read(start // 8, len(keep)), "little")
+            keep = kept.to_bytes(len(keep), "little")
+        selection.bitmap1.write(start // 8, present)
+        selection.bitmap2.write(start // 8, keep)
     selection.counts = counts.as_dict() if classifier is not None else {}
 
 
-@dataclass
+@record
 class DumpResult:
     size: int
     pages: int
