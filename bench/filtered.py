@@ -44,6 +44,11 @@ print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).
 """
 
 
+# the installed command, as kdump scripts run it (``python -m`` adds runpy)
+_SCRIPT = Path(sys.executable).parent / "slimdump"
+SLIMDUMP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "slimdump"]
+
+
 def measured(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``cmd`` and its children."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], check=True,
@@ -72,11 +77,13 @@ def main() -> int:
     # measure slimdump as installed: byte-compiled (pip does that; this
     # environment may set PYTHONDONTWRITEBYTECODE) and with its C packer
     compileall.compile_dir(ROOT / "src" / "slimdump", quiet=1)
+    from slimdump.kernel.pages import NATIVE
     from slimdump.writers.codecs import NATIVE_PACK
 
     print(f"slimdump capture vs makedumpfile, median of {args.runs} alternating runs, warm "
           f"page cache, {os.cpu_count()} CPUs; C packer: "
-          f"{'built' if NATIVE_PACK else 'NOT BUILT (pure Python)'}; "
+          f"{'built' if NATIVE_PACK else 'NOT BUILT (pure Python)'}; C page classifier: "
+          f"{'built' if NATIVE else 'NOT BUILT (numpy)'}; "
           f"makedumpfile zstd: {'yes' if zstd else 'no (1.7.2 build)'}")
     print(f"{'vmcore':<11} {'options':<10} {'slimdump':>9} {'mdf':>8} {'ratio':>7} "
           f"{'slim out':>9} {'mdf out':>9} {'slim RSS':>9} {'mdf RSS':>8}")
@@ -91,7 +98,7 @@ def main() -> int:
                 for _ in range(args.runs):
                     for path in (a, b):
                         path.unlink(missing_ok=True)
-                    t, rss = measured([sys.executable, "-m", "slimdump", "capture",
+                    t, rss = measured([*SLIMDUMP, "capture",
                                        "--policy", str(policy), "--no-progress", *opts,
                                        vmcore, str(a)])
                     ours.append(t)

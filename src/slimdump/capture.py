@@ -15,7 +15,6 @@ The decision, in order:
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import time
 from typing import Any
@@ -137,7 +136,7 @@ def slim_metadata(source: DumpSource, decision: Decision) -> dict[str, Any]:
         "reason": decision.reason.reason,
         "detected_by": decision.detected_by,
         "tool": {"name": "slimdump", "version": __version__},
-        "captured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "captured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": {"path": os.path.abspath(source.path), "size": source.size,
                    "format": source.format},
         "memory": memory,

@@ -13,8 +13,8 @@ caller works just as well.
 from __future__ import annotations
 
 import threading
+from _queue import SimpleQueue  # the C queue itself: module queue costs more to import
 from collections.abc import Callable
-from queue import SimpleQueue
 from typing import Any
 
 
