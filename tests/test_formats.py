@@ -377,6 +377,29 @@ def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
     assert codecs.NATIVE_PACK(odd, page_size, found.flag) == native
 
 
+@pytest.mark.parametrize("page_size", [1024, 4096])
+def test_native_zero_bits_equal_python(vm: Vm, page_size: int) -> None:
+    """The C zero test of the -E zero pass agrees with plain Python on real
+    memory with zero pages, a page zero but for its last byte, and page
+    counts that do not fill the last byte of bits."""
+    if codecs.NATIVE_ZERO_BITS is None:
+        pytest.skip("the C packer is not built here")
+    almost = bytearray(page_size)
+    almost[-1] = 1
+    data = (vm.source.read_phys(0x1000000, 8 * 4096) + bytes(3 * page_size) + bytes(almost)
+            + os.urandom(page_size) + bytes(page_size))
+    for count in (1, 7, 8, 9, len(data) // page_size):
+        part = data[:count * page_size]
+        native = codecs.NATIVE_ZERO_BITS(part, page_size)
+        assert native == codecs.zero_page_bits_python(part, page_size)
+        assert len(native) == (count + 7) // 8
+    bits = int.from_bytes(codecs.NATIVE_ZERO_BITS(data, page_size), "little")
+    n = len(data) // page_size
+    assert [bits >> i & 1 for i in range(n - 6, n)] == [1, 1, 1, 0, 0, 1]
+    with pytest.raises(ValueError):
+        codecs.NATIVE_ZERO_BITS(b"x" * 100, 64)
+
+
 @pytest.mark.parametrize("bad", [(b"x" * 4095, 4096, 0), (bytes(4096), 3000, 0),
                                  (bytes(4096), 4096, 0x4)])
 def test_native_pack_refuses(bad: tuple[bytes, int, int]) -> None:

@@ -21,6 +21,10 @@
  * leaves the state exactly as deflateInit does, so the bytes are those of
  * compress2(), without allocating 256 KiB per page.
  *
+ * zero_bits(data, page_size) tells which whole pages are all zero, as packed
+ * bits (bit i of byte k for page 8k + i, like the dump bitmaps), without the
+ * GIL: the zero pass of -E output.
+ *
  * descriptors(...) turns pack()'s result into the task's page descriptors
  * (24 bytes each, in the dump's byte order), the same bytes as the Python
  * slimdump.writers.kdump.descriptors_python; see there for the arguments.
@@ -190,6 +194,35 @@ done:
     return result;
 }
 
+static PyObject *
+zero_bits(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t page_size;
+    if (!PyArg_ParseTuple(args, "y*n:zero_bits", &view, &page_size))
+        return NULL;
+    PyObject *out = NULL;
+    if (page_size < 8 || (page_size & (page_size - 1)) || view.len % page_size) {
+        PyErr_SetString(PyExc_ValueError, "data must be whole pages of a power-of-two size");
+        goto done;
+    }
+    Py_ssize_t count = view.len / page_size;
+    out = PyBytes_FromStringAndSize(NULL, (count + 7) / 8);
+    if (!out)
+        goto done;
+    unsigned char *bits = (unsigned char *)PyBytes_AS_STRING(out);
+    const unsigned char *in = view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    memset(bits, 0, (count + 7) / 8);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (page_is_zero(in + i * page_size, page_size))
+            bits[i / 8] |= (unsigned char)(1u << (i % 8));
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static void
 put64(unsigned char *p, uint64_t v, int big)
 {
@@ -268,6 +301,9 @@ static PyMethodDef methods[] = {
      "Zero-test whole pages and store the others as kdump-compressed descriptors\n"
      "want them: flag 0 (as is), 0x1 (zlib level 1) or 0x2 (LZO1X-1).  Runs\n"
      "without the GIL."},
+    {"zero_bits", zero_bits, METH_VARARGS,
+     "zero_bits(data, page_size) -> bytes\n\n"
+     "Packed bits, 1 for each whole page of data that is all zero; without the GIL."},
     {"descriptors", descriptors, METH_VARARGS,
      "descriptors(zero, flags, sizes, data_at, zero_offset, page_size, zero_flag,\n"
      "            zero_size, big_endian, share_zero) -> (descs, stored, compressed)\n\n"

@@ -217,6 +217,38 @@ def _native_pack() -> Callable[[bytes, int, int], PackedPages] | None:
 
 
 NATIVE_PACK = _native_pack()
+
+
+def _native_zero_bits() -> Callable[[bytes, int], bytes] | None:
+    try:
+        from slimdump.writers._pagepack import zero_bits
+    except ImportError:
+        return None
+    return zero_bits
+
+
+NATIVE_ZERO_BITS = _native_zero_bits()
+
+
+def zero_page_bits_python(data: bytes | memoryview, page_size: int) -> bytes:
+    """:func:`zero_page_bits` in plain Python (same bytes, slower)."""
+    view = memoryview(data).cast("B")
+    zero = bytes(page_size)
+    count = len(view) // page_size
+    bits = 0
+    for i in range(count):
+        if view[i * page_size:(i + 1) * page_size] == zero:
+            bits |= 1 << i
+    return bits.to_bytes((count + 7) // 8, "little")
+
+
+def zero_page_bits(data: bytes | memoryview, page_size: int) -> bytes:
+    """Which whole pages of ``data`` are all zero, as packed bits (bit i of
+    byte k for page 8k + i, like the dump bitmaps); C without the GIL when
+    built."""
+    if NATIVE_ZERO_BITS is not None:
+        return NATIVE_ZERO_BITS(data, page_size)
+    return zero_page_bits_python(data, page_size)
 NATIVE_CODECS = frozenset({"none", "zlib", "lzo"})
 
 

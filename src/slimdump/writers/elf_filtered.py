@@ -25,17 +25,19 @@ passes a bitmap that already lacks them.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
-
-from slimdump.bitmap import PfnBitmap
+from slimdump.bitmap import PfnBitmap, bit_runs
 from slimdump.elf import PN_XNUM, PT_LOAD, PT_NOTE, ElfHeader, ProgramHeader
 from slimdump.errors import DumpError
 from slimdump.record import record, replace
 from slimdump.sources.base import Segment
+from slimdump.threadpool import ThreadPool
+from slimdump.writers.codecs import zero_page_bits
 from slimdump.writers.kdump import (
     CYCLE_PAGES,
     BitmapLike,
@@ -46,6 +48,7 @@ from slimdump.writers.kdump import (
 )
 
 PFN_EXCLUDED = 256          # excluded pages that split a segment
+READ_AHEAD = 3              # chunks read ahead of the one being written
 PF_RWX = 7                  # what kexec-tools gives every vmcore PT_LOAD
 SHT_NULL = 0
 
@@ -120,35 +123,92 @@ def plan_loads(loads: Sequence[ProgramHeader | Segment], bitmap: BitmapLike | Pf
 def _bitmap_bits(bitmap: BitmapLike | PfnBitmap) -> int:
     if isinstance(bitmap, PfnBitmap):
         return bitmap.nbits
-    if isinstance(bitmap, np.ndarray) and bitmap.dtype == np.bool_:
-        return len(bitmap)
-    return len(memoryview(bitmap).cast("B")) * 8 if not isinstance(bitmap, np.ndarray) \
-        else bitmap.size * 8
+    dtype = getattr(bitmap, "dtype", None)            # a numpy array
+    if dtype is not None:
+        return len(bitmap) if dtype.kind == "b" else bitmap.size * 8
+    return len(memoryview(bitmap).cast("B")) * 8
+
+
+def _workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def clear_zero_pages(bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, page_size: int,
                      nbits: int | None = None, cycle_pages: int = CYCLE_PAGES) -> PfnBitmap:
     """The bitmap without its all-zero pages (makedumpfile's zero pass for
     ELF output), as a new bitmap stored like the given one; reads every page
-    the bitmap sets once."""
+    the bitmap sets once, ``cycle_pages`` at a time, in worker threads (one
+    per CPU) when ``read_pages`` may be called from several."""
     source = as_pfn_bitmap(bitmap, nbits if nbits is not None else _bitmap_bits(bitmap))
     result = source.empty_like()
-    window = max(cycle_pages, 1 << 16) // 8
-    for offset, window_bytes in source.windows(window, data_only=True):
-        if window_bytes.count(0) == len(window_bytes):
-            continue
-        start = offset * 8
-        packed = np.frombuffer(window_bytes, np.uint8)
-        bits = np.unpackbits(packed, bitorder="little").astype(np.bool_)
-        edges = np.flatnonzero(np.diff(bits.astype(np.int8), prepend=0, append=0))
-        for lo, hi in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-            for at in range(lo, hi, cycle_pages):
-                n = min(cycle_pages, hi - at)
-                data = read_pages(start + at, n)
-                pages = np.frombuffer(data, np.uint8).reshape(n, page_size)
-                bits[at:at + n] &= pages.view(np.uint64).any(axis=1)
-        result.write(offset, np.packbits(bits, bitorder="little"))
+    workers = _workers() if getattr(read_pages, "thread_safe", False) else 1
+    pool = ThreadPool(workers) if workers > 1 else None
+
+    def zero_bits(pfn: int, count: int) -> int:
+        return int.from_bytes(zero_page_bits(read_pages(pfn, count), page_size), "little")
+
+    try:
+        window = max(cycle_pages, 1 << 16) // 8
+        for offset, packed in source.windows(window, data_only=True):
+            if packed.count(0) == len(packed):
+                continue
+            start = offset * 8
+            bits = int.from_bytes(packed, "little")
+            chunks = [(at, min(cycle_pages, pfn + n - at))
+                      for pfn, n in bit_runs(packed, start)
+                      for at in range(pfn, pfn + n, cycle_pages)]
+            if pool is None:
+                for at, count in chunks:
+                    bits &= ~(zero_bits(at, count) << (at - start))
+            else:
+                # a few chunks in flight per worker: bounded memory, busy CPUs
+                pending: deque = deque()
+                for at, count in chunks:
+                    pending.append((at, pool.submit(zero_bits, at, count)))
+                    while len(pending) > 2 * workers:
+                        done_at, job = pending.popleft()
+                        bits &= ~(job.result() << (done_at - start))
+                for done_at, job in pending:
+                    bits &= ~(job.result() << (done_at - start))
+            result.write(offset, bits.to_bytes(len(packed), "little"))
+    except BaseException:
+        result.close()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return result
+
+
+def _copy_chunks(loads: Sequence[ProgramHeader], page_size: int,
+                 cycle_pages: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """``(pfn, count, lo, hi, offset)``: read ``count`` pages from ``pfn``,
+    write their bytes [lo, hi) at file offset ``offset``; the output
+    segments' data in file order."""
+    for load in loads:
+        start, stop = load.p_paddr, load.p_paddr + load.p_filesz
+        end_pfn = (stop + page_size - 1) // page_size
+        for pfn in range(start // page_size, end_pfn, cycle_pages):
+            count = min(cycle_pages, end_pfn - pfn)
+            lo = max(start, pfn * page_size) - pfn * page_size
+            hi = min(stop, (pfn + count) * page_size) - pfn * page_size
+            yield pfn, count, lo, hi, load.p_offset + pfn * page_size + lo - start
+
+
+def _write_chunk(target: PositionedOutput, chunk: tuple[int, int, int, int, int], data: object,
+                 done: int, progress: Callable[[int], None] | None) -> int:
+    """Write one chunk (its bytes, or the job reading them); bytes written so far."""
+    _pfn, _count, lo, hi, offset = chunk
+    if not isinstance(data, bytes | bytearray):
+        data = data.result()  # type: ignore[attr-defined]
+    target.write(memoryview(data)[lo:hi], offset)
+    done += hi - lo
+    if progress:
+        progress(done)
+    return done
 
 
 def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: bytes,
@@ -195,18 +255,24 @@ def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: by
         raise DumpError(None, f"the filtered segments do not fit in {elf.class_name} "
                               f"program headers") from None
     target.write(head + notes, 0)
+    # the copy: chunks of cycle_pages pages, read ahead in worker threads
+    # (when read_pages allows it) while this thread writes them in order
+    workers = _workers() if getattr(read_pages, "thread_safe", False) else 1
+    pool = ThreadPool(workers) if workers > 1 else None
     done = 0
-    for load in final:
-        start, stop = load.p_paddr, load.p_paddr + load.p_filesz
-        first_pfn = start // page_size
-        for pfn in range(first_pfn, (stop + page_size - 1) // page_size, cycle_pages):
-            count = min(cycle_pages, (stop + page_size - 1) // page_size - pfn)
-            data = read_pages(pfn, count)
-            lo = max(start, pfn * page_size) - pfn * page_size
-            hi = min(stop, (pfn + count) * page_size) - pfn * page_size
-            target.write(data[lo:hi], load.p_offset + pfn * page_size + lo - start)
-            done += hi - lo
-            if progress:
-                progress(done)
+    try:
+        ahead: deque = deque()
+        chunks = _copy_chunks(final, page_size, cycle_pages)
+        for chunk in chunks:
+            ahead.append((chunk, read_pages(chunk[0], chunk[1]) if pool is None
+                          else pool.submit(read_pages, chunk[0], chunk[1])))
+            if len(ahead) <= READ_AHEAD and pool is not None:
+                continue
+            done = _write_chunk(target, *ahead.popleft(), done, progress)
+        while ahead:
+            done = _write_chunk(target, *ahead.popleft(), done, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return ElfResult(max(data_at, table_end + len(notes)), final, done,
                      time.monotonic() - started)
