@@ -90,6 +90,11 @@ def main() -> int:
     try:
         for name in args.names:
             vmcore = str(vmcorelab.ensure(name))
+            # the policy only where the crash is a hardware error, which
+            # slimdump would otherwise save as a slimdump (a user with a
+            # software crash runs without one, and without tomllib's import)
+            hardware = any(kind in name for kind in ("mce", "nmi"))
+            policy_args = ["--policy", str(policy)] if hardware else []
             for opts in OPTION_SETS:
                 if opts[0] == "-z" and not zstd:
                     continue
@@ -98,8 +103,7 @@ def main() -> int:
                 for _ in range(args.runs):
                     for path in (a, b):
                         path.unlink(missing_ok=True)
-                    t, rss = measured([*SLIMDUMP, "capture",
-                                       "--policy", str(policy), "--no-progress", *opts,
+                    t, rss = measured([*SLIMDUMP, "capture", *policy_args, "--no-progress", *opts,
                                        vmcore, str(a)])
                     ours.append(t)
                     rss_ours = max(rss_ours, rss)
