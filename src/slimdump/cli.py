@@ -184,11 +184,47 @@ def cmd_reassemble(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _SubParser(argparse.ArgumentParser):
+    """A command's parser: argparse's, formatted with :class:`_HelpFormatter`."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _columns() -> int:
+    """The terminal width as shutil.get_terminal_size() finds it ($COLUMNS,
+    then stdout's terminal, else 80), without importing shutil: argparse
+    would, for every command, about 2 ms of a capture's start-up."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
+class _RawDescriptionHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimdump", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=_RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--version", action="version", version=f"slimdump {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_SubParser)
 
     cap = sub.add_parser(
         "capture", help="save a dump: a slimdump when the kernel left NT_NOCOREDUMP",
