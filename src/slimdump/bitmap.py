@@ -25,12 +25,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from slimdump.errors import DumpError
 from slimdump.sources.rawfile import RawFile
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     import numpy as np
 
 # Bitmaps up to this many bytes stay in memory (two of them: 16 MiB, enough

@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
-from typing import Any
 
 from slimdump.bitmap import PfnBitmap
 from slimdump.elf import Note, frame_notes
@@ -38,6 +37,10 @@ from slimdump.sources.base import DumpSource, Segment
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
 from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 # The widest physical address space of any architecture slimdump reads.
 MAX_PHYSMEM_BITS = 52

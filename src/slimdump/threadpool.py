@@ -15,7 +15,10 @@ from __future__ import annotations
 import threading
 from _queue import SimpleQueue  # the C queue itself: module queue costs more to import
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Job:

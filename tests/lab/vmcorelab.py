@@ -152,6 +152,8 @@ FIXTURES: dict[str, FixtureSpec] = {
     "6.12-nmi": FixtureSpec("6.12", "nmi"),
     "6.12-oom": FixtureSpec("6.12", "oom"),
     "6.1-mce-4g": FixtureSpec("6.1", "mce", mem_mib=4096, crashkernel_mib=256, timeout_s=1800),
+    "6.1-sysrq-4g": FixtureSpec("6.1", "sysrq", mem_mib=4096, crashkernel_mib=256,
+                                timeout_s=1800),
 }
 
 DEFAULT_FIXTURES: tuple[str, ...] = (

@@ -16,10 +16,9 @@ implemented yet: they raise a clear error.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from slimdump.errors import NotInDump
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     from slimdump.kernel.memory import KernelMemory
     from slimdump.kernel.vmcoreinfo import VmcoreInfo

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Protocol
 
 from slimdump.elf import EM_AARCH64, EM_X86_64
 from slimdump.errors import DumpError
@@ -23,10 +22,14 @@ class KernelViewError(DumpError):
     an address no page table maps, an architecture not supported."""
 
 
-class Translator(Protocol):
-    """Architecture rules: virtual to physical, one address at a time."""
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    def vtop(self, vaddr: int) -> int: ...
+    class Translator(Protocol):
+        """Architecture rules: virtual to physical, one address at a time."""
+
+        def vtop(self, vaddr: int) -> int: ...
 
 
 class KernelMemory:

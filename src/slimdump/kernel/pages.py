@@ -67,7 +67,6 @@ import threading
 from array import array
 from collections.abc import Iterator, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 from slimdump.elf import EM_X86_64
 from slimdump.errors import DumpError
@@ -75,6 +74,7 @@ from slimdump.kernel.memory import KernelMemory, KernelViewError
 from slimdump.record import field, record
 from slimdump.sources.base import Segment
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     import numpy as np
 

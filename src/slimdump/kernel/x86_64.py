@@ -18,11 +18,11 @@ per mapping instead of once per 4 KiB.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
 from slimdump.errors import NotInDump
 from slimdump.sources.base import Segment
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     from slimdump.kernel.memory import KernelMemory
     from slimdump.kernel.vmcoreinfo import VmcoreInfo
