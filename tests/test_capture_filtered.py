@@ -239,7 +239,8 @@ sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("options", [["-l", "-d", "31"], ["-c", "-d", "0"], ["-E", "-d", "31"]])
+@pytest.mark.parametrize("options", [["-l", "-d", "31"], ["-c", "-d", "0"], ["-E", "-d", "31"],
+                                     ["-z", "-d", "31"]])
 def test_capture_imports_stay_lean(tmp_path: Path, options: list[str]) -> None:
     """A capture starts as fast as makedumpfile only if it loads no more than
     it needs: no numpy (the pages are classified in C), no dataclasses or

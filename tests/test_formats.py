@@ -297,6 +297,7 @@ def test_output_independent_of_threads_and_packer(vm: Vm, tmp_path: Path, codec:
     assert write_kdump_file(vm, single, some, codec, workers=1,
                             dump_level=dump_level).workers == 1
     monkeypatch.setattr(codecs, "NATIVE_PACK", None)
+    monkeypatch.setattr(codecs, "NATIVE_ZERO_BITS", None)
     monkeypatch.setattr(kdump_writer, "_native_descriptors", None)
     write_kdump_file(vm, python, some, codec, workers=2, dump_level=dump_level)
     assert filecmp.cmp(threaded, single, shallow=False)
@@ -375,6 +376,20 @@ def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
     # an unaligned view reads the same
     odd = memoryview(b"x" + data)[1:]
     assert codecs.NATIVE_PACK(odd, page_size, found.flag) == native
+
+
+@pytest.mark.parametrize("codec", ["snappy", "zstd", "lzo", "none"])
+def test_zero_native_pack_equals_python(vm: Vm, codec: str) -> None:
+    """Codecs the C packer lacks: zero test in C, compression in Python,
+    the same (zero, flags, sizes, blob) as the numpy path."""
+    if codecs.NATIVE_ZERO_BITS is None:
+        pytest.skip("the C packer is not built here")
+    data = (vm.source.read_phys(0x1000000, 16 * 4096) + bytes(3 * 4096) + os.urandom(4096)
+            + vm.source.read_phys(0x2000000, 8 * 4096))
+    found = codecs.get_codec(codec)
+    mixed = codecs.pack_pages_zero_native(found, data, 4096)
+    assert mixed == codecs.pack_pages_python(found, data, 4096)
+    assert sum(mixed[0]) >= 3
 
 
 @pytest.mark.parametrize("page_size", [1024, 4096])
