@@ -53,8 +53,9 @@ def popcount(data: bytes | bytearray | memoryview) -> int:
 
 def is_zero(data: bytes | bytearray | memoryview) -> bool:
     """No bit set."""
-    return bytes(data).count(0) == len(data) if isinstance(data, memoryview) \
-        else data.count(0) == len(data)
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    return data.count(0) == len(data)
 
 
 def bit_runs(packed: bytes | bytearray, first_bit: int = 0) -> Iterator[tuple[int, int]]:

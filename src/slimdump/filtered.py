@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 
-from slimdump.bitmap import PfnBitmap
+from slimdump.bitmap import PfnBitmap, is_zero
 from slimdump.elf import Note, frame_notes
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory
@@ -138,7 +138,7 @@ def _classify_into(source: DumpSource, info: VmcoreInfo | None, dump_level: int,
     dumped = getattr(source, "bitmap2", None)     # a kdump-compressed source's own choice
     for start, end in _populated_cycles(source.segments, page_size, selection.max_mapnr):
         present = present_packed(source.segments, page_size, start, end)
-        if present.count(0) == len(present):
+        if is_zero(present):
             continue                               # both bitmaps are zero already
         keep = present
         if classifier is not None:

@@ -12,6 +12,7 @@ caller works just as well.
 
 from __future__ import annotations
 
+import os
 import threading
 from _queue import SimpleQueue  # the C queue itself: module queue costs more to import
 from collections.abc import Callable
@@ -19,6 +20,15 @@ from collections.abc import Callable
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     from typing import Any
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset
+    or a capture kernel's nr_cpus=1): one worker thread each."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class Job:

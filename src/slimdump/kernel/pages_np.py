@@ -53,6 +53,7 @@ from slimdump.kernel.pages import (
 from slimdump.kernel.pages import MASK64 as _MASK64
 from slimdump.kernel.pages import MAX_COMPOUND_SPAN as _MAX_COMPOUND_SPAN
 from slimdump.record import record
+from slimdump.threadpool import usable_cpus
 
 if TYPE_CHECKING:
     from slimdump.kernel.pages import PageClassifier, _Layout
@@ -206,11 +207,7 @@ def helper_thread() -> ThreadPoolExecutor | None:
     both without the GIL); a second core nearly halves it."""
     global _HELPER, _SINGLE_CPU
     if _HELPER is None and not _SINGLE_CPU:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cpus = os.cpu_count() or 1
-        if cpus < 2:
+        if usable_cpus() < 2:
             _SINGLE_CPU = True
             return None
         with _HELPER_LOCK:

@@ -25,18 +25,17 @@ passes a bitmap that already lacks them.
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
-from slimdump.bitmap import PfnBitmap, bit_runs
+from slimdump.bitmap import PfnBitmap, bit_runs, is_zero
 from slimdump.elf import PN_XNUM, PT_LOAD, PT_NOTE, ElfHeader, ProgramHeader
 from slimdump.errors import DumpError
 from slimdump.record import record, replace
 from slimdump.sources.base import Segment
-from slimdump.threadpool import ThreadPool
+from slimdump.threadpool import ThreadPool, usable_cpus
 from slimdump.writers.codecs import zero_page_bits
 from slimdump.writers.kdump import (
     CYCLE_PAGES,
@@ -132,13 +131,6 @@ def _bitmap_bits(bitmap: BitmapLike | PfnBitmap) -> int:
     return len(memoryview(bitmap).cast("B")) * 8
 
 
-def _workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def clear_zero_pages(bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, page_size: int,
                      nbits: int | None = None, cycle_pages: int = CYCLE_PAGES) -> PfnBitmap:
     """The bitmap without its all-zero pages (makedumpfile's zero pass for
@@ -147,7 +139,7 @@ def clear_zero_pages(bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, page
     per CPU) when ``read_pages`` may be called from several."""
     source = as_pfn_bitmap(bitmap, nbits if nbits is not None else _bitmap_bits(bitmap))
     result = source.empty_like()
-    workers = _workers() if getattr(read_pages, "thread_safe", False) else 1
+    workers = usable_cpus() if getattr(read_pages, "thread_safe", False) else 1
     pool = ThreadPool(workers) if workers > 1 else None
 
     def zero_bits(pfn: int, count: int) -> int:
@@ -156,7 +148,7 @@ def clear_zero_pages(bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, page
     try:
         window = max(cycle_pages, 1 << 16) // 8
         for offset, packed in source.windows(window, data_only=True):
-            if packed.count(0) == len(packed):
+            if is_zero(packed):
                 continue
             start = offset * 8
             bits = int.from_bytes(packed, "little")
@@ -260,7 +252,7 @@ def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: by
     target.write(head + notes, 0)
     # the copy: chunks of cycle_pages pages, read ahead in worker threads
     # (when read_pages allows it) while this thread writes them in order
-    workers = _workers() if getattr(read_pages, "thread_safe", False) else 1
+    workers = usable_cpus() if getattr(read_pages, "thread_safe", False) else 1
     pool = ThreadPool(workers) if workers > 1 else None
     done = 0
     try:

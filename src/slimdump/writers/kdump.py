@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from functools import cached_property
 
-from slimdump.bitmap import PfnBitmap
+from slimdump.bitmap import PfnBitmap, is_zero
 from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame_notes, parse_notes
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.pages import max_mapnr as pfn_count
@@ -51,7 +51,7 @@ from slimdump.sources.kdump_headers import (
     KdumpSubHeader,
     Utsname,
 )
-from slimdump.threadpool import ThreadPool
+from slimdump.threadpool import ThreadPool, usable_cpus
 from slimdump.writers.codecs import (
     DUMP_DH_COMPRESSED_INCOMPLETE,
     Codec,
@@ -320,13 +320,6 @@ class _Task:
     packed: Any            # PackedPages, or a job/future that returns them
 
 
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 class KdumpWriter:
     """One kdump-compressed file: the layout is computed on construction
     (``num_dumpable``, ``desc_offset``, ``data_offset``...), :meth:`write`
@@ -356,7 +349,7 @@ class KdumpWriter:
         if cycle_pages <= 0 or cycle_pages % 8:
             raise ValueError("cycle_pages must be a positive multiple of 8")
         self.cycle_pages = cycle_pages
-        self.workers = workers if workers is not None else _default_workers()
+        self.workers = workers if workers is not None else usable_cpus()
         self.executor = executor
         self.bitmap1 = as_pfn_bitmap(bitmap1, meta.max_mapnr)
         self.bitmap2 = as_pfn_bitmap(bitmap2, meta.max_mapnr)
@@ -437,7 +430,7 @@ class KdumpWriter:
         for index, bitmap in enumerate((self.bitmap1, self.bitmap2)):
             base = self.bitmap_offset + index * per_bitmap
             for at, part in bitmap.windows(data_only=holes):
-                if not holes or part.count(0) != len(part):
+                if not holes or not is_zero(part):
                     self.out.write(part, base + at)
             if bitmap.nbytes < per_bitmap and not holes:    # pad to whole blocks
                 self.out.write(bytes(per_bitmap - bitmap.nbytes), base + bitmap.nbytes)
@@ -626,11 +619,11 @@ def descriptors_python(zero: bytes, flags: bytes, sizes: bytes, data_at: int,
     nz_flags, nz_sizes = array("I", flags), array("I", sizes)
     out = bytearray(desc.size * len(zero))
     at, k, compressed = data_at, 0, 0
-    for i, is_zero in enumerate(zero):
-        if is_zero and share_zero:
+    for i, page_is_zero in enumerate(zero):
+        if page_is_zero and share_zero:
             desc.pack_into(out, i * desc.size, zero_offset, page_size, 0)
             continue
-        if is_zero:
+        if page_is_zero:
             size, flag = zero_size, zero_flag
         else:
             size, flag = nz_sizes[k], nz_flags[k]
