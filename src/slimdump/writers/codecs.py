@@ -208,26 +208,23 @@ all zero), then native uint32 flags and stored sizes per non-zero page and
 the stored bytes of the non-zero pages back to back."""
 
 
-def _native_pack() -> Callable[[bytes, int, int], PackedPages] | None:
+def _native() -> ModuleType | None:
     try:
-        from slimdump.writers._pagepack import pack
+        from slimdump.writers import _pagepack
     except ImportError:          # not built (no compiler or liblzo2 headers)
         return None
-    return pack
+    return _pagepack
 
 
-NATIVE_PACK = _native_pack()
-
-
-def _native_zero_bits() -> Callable[[bytes, int], bytes] | None:
-    try:
-        from slimdump.writers._pagepack import zero_bits
-    except ImportError:
-        return None
-    return zero_bits
-
-
-NATIVE_ZERO_BITS = _native_zero_bits()
+_NATIVE = _native()
+#: the C accelerator's functions, None where it is not built (tests set them
+#: to None to run the pure-Python paths)
+NATIVE_PACK: Callable[[bytes, int, int], PackedPages] | None = \
+    _NATIVE.pack if _NATIVE else None
+NATIVE_ZERO_BITS: Callable[[bytes, int], bytes] | None = _NATIVE.zero_bits if _NATIVE else None
+NATIVE_DESCRIPTORS: Callable[..., tuple[bytes, int, int]] | None = \
+    _NATIVE.descriptors if _NATIVE else None
+NATIVE_CODECS = frozenset({"none", "zlib", "lzo"})
 
 
 def zero_page_bits_python(data: bytes | memoryview, page_size: int) -> bytes:
@@ -249,7 +246,6 @@ def zero_page_bits(data: bytes | memoryview, page_size: int) -> bytes:
     if NATIVE_ZERO_BITS is not None:
         return NATIVE_ZERO_BITS(data, page_size)
     return zero_page_bits_python(data, page_size)
-NATIVE_CODECS = frozenset({"none", "zlib", "lzo"})
 
 
 def pack_pages_python(codec: Codec, data: bytes, page_size: int) -> PackedPages:
@@ -276,10 +272,9 @@ def pack_pages_zero_native(codec: Codec, data: bytes, page_size: int) -> PackedP
     zero test in C (:func:`zero_page_bits`), the compression per page in
     Python; no numpy.  Same bytes as :func:`pack_pages_python`."""
     count = len(data) // page_size
-    bits = int.from_bytes(zero_page_bits(memoryview(data)[:count * page_size], page_size),
-                          "little")
-    zero = bytes(bits >> i & 1 for i in range(count))
     view = memoryview(data)
+    bits = int.from_bytes(zero_page_bits(view[:count * page_size], page_size), "little")
+    zero = bytes(bits >> i & 1 for i in range(count))
     rest = b"".join(view[i * page_size:(i + 1) * page_size]
                     for i in range(count) if not bits >> i & 1)
     flags, sizes, blob = compress_pages(codec.name, rest, page_size)

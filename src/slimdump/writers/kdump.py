@@ -54,6 +54,7 @@ from slimdump.sources.kdump_headers import (
 from slimdump.threadpool import ThreadPool, usable_cpus
 from slimdump.writers.codecs import (
     DUMP_DH_COMPRESSED_INCOMPLETE,
+    NATIVE_DESCRIPTORS,
     Codec,
     PackedPages,
     compress_page,
@@ -87,10 +88,8 @@ if TYPE_CHECKING:
 else:
     BitmapLike = object
 
-try:
-    from slimdump.writers._pagepack import descriptors as _native_descriptors
-except ImportError:          # not built: descriptors_python
-    _native_descriptors = None
+# the C descriptor builder, or None (not built): descriptors_python
+_native_descriptors = NATIVE_DESCRIPTORS
 
 _ZERO_RUNS = re.compile(rb"\x01+")
 
