@@ -16,10 +16,8 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from slimdump.elf import ElfHeader, ProgramHeader, parse_notes
-from tests.conftest import require_lab, run, tool
+from tests.conftest import require_lab, require_module, run, tool
 from tests.lab import vmcorelab
 from tests.oracles import eu_readelf_notes, readelf_segment_types
 
@@ -75,7 +73,7 @@ def test_filtered_capture_and_dmesg_of_sysrq_in_capture_kernel(tmp_path: Path) -
     dump, dmesg = tmp_path / "dump", tmp_path / "dmesg.txt"
     assert dump.read_bytes()[:8] == b"KDUMP   "
 
-    drgn = pytest.importorskip("drgn")
+    drgn = require_module("drgn")
     prog = drgn.Program()
     prog.set_core_dump(os.fspath(dump))
     assert len(prog.read(0x100000, 4096, True)) == 4096
@@ -92,7 +90,7 @@ def test_full_copy_in_capture_kernel_is_sparse(tmp_path: Path) -> None:
     """/proc/vmcore cannot report holes and refuses copy_file_range: the
     complete copy is read and written, zero blocks skipped, so it lands
     sparse; drgn reads it."""
-    drgn = pytest.importorskip("drgn")
+    drgn = require_module("drgn")
     result = collect("sysrq", ["python", "-m", "slimdump", "capture", "--full", "{vmcore}",
                                "{out}/dump"], tmp_path)
     dump = tmp_path / "dump"

@@ -13,7 +13,7 @@ from slimdump.capture import decide
 from slimdump.elf import ElfHeader, ProgramHeader, parse_notes
 from slimdump.notes import NT_SLIMDUMP_LOG, NT_SLIMDUMP_META
 from slimdump.sources import open_dump
-from tests.conftest import real_vmcore, run, slimdump, tool
+from tests.conftest import real_vmcore, require_module, run, slimdump, tool
 from tests.lab import vmcorelab
 from tests.oracles import eu_readelf_notes
 
@@ -99,7 +99,7 @@ def test_detection_reads_only_the_log_buffer(name: str) -> None:
 def test_policy_full_for_machine_checks(tmp_path: Path) -> None:
     """``full`` for a machine check: every page but the one at the machine
     check's ADDR, which is recorded in the SLIMDUMP metadata note."""
-    drgn = pytest.importorskip("drgn")
+    drgn = require_module("drgn")
     policy = tmp_path / "policy.toml"
     policy.write_text('[actions]\nPANIC_MCE = "full"\n')
     vmcore = real_vmcore("6.1-mce")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import real_vmcore, slimdump
+from tests.conftest import real_vmcore, require_module, slimdump
 from tests.oracles import readelf_loads
 
-drgn = pytest.importorskip("drgn")
+drgn = require_module("drgn")
 
 
 def drgn_reads_like_file(vmcore: Path) -> None:

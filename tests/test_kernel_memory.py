@@ -14,9 +14,9 @@ from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.sources import open_dump
 from tests import synthcore as sc
-from tests.conftest import real_vmcore
+from tests.conftest import real_vmcore, require_module
 
-drgn = pytest.importorskip("drgn")
+drgn = require_module("drgn")
 
 
 @pytest.mark.parametrize("name", ["6.1-sysrq", "6.12-mce"])

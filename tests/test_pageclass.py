@@ -43,7 +43,7 @@ from slimdump.kernel.pages import (
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.sources import DumpSource, open_dump
 from slimdump.sources.base import Segment
-from tests.conftest import real_vmcore
+from tests.conftest import real_vmcore, require_native
 from tests.test_pages import (
     ARRAY_PFNS,
     LEVELS,
@@ -62,8 +62,13 @@ PAGE = 4096
 ALL_REAL = ("6.1-sysrq", "6.1-mce", "6.1-oom", "6.1-nmi", "6.12-sysrq", "6.12-mce",
             "6.1-mce-4g")
 
-needs_native = pytest.mark.skipif(pages_mod.NATIVE is None,
-                                  reason="the C page classifier is not built here")
+
+@pytest.fixture
+def native_classifier() -> None:
+    require_native(pages_mod.NATIVE, "slimdump.kernel._pageclass")
+
+
+needs_native = pytest.mark.usefixtures("native_classifier")
 
 
 def classifier(src: DumpSource) -> PageClassifier:
@@ -100,10 +105,7 @@ def assert_same(pc: PageClassifier, level: int, a: int, b: int) -> None:
 def test_native_classifier_built() -> None:
     """CI builds the C classifier (make setup); a silent fallback to numpy
     would only show as a slow capture."""
-    if pages_mod.NATIVE is None:
-        if os.environ.get("SLIMDUMP_REQUIRE_VMCORES") == "1":
-            pytest.fail("slimdump.kernel._pageclass was not built")
-        pytest.skip("the C page classifier is not built here")
+    require_native(pages_mod.NATIVE, "slimdump.kernel._pageclass")
 
 
 @needs_native

@@ -21,7 +21,6 @@ virtual ``0xffffffff81000000 + x`` is physical ``0x1000000 + x``.
 from __future__ import annotations
 
 import random
-import shutil
 import struct
 import subprocess
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from slimdump.kernel.printk import (
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.sources import open_dump
 from tests import synthcore as sc
+from tests.conftest import tool
 
 KTEXT = 0xFFFFFFFF81000000          # __START_KERNEL_map + 16 MiB
 KPHYS = 0x1000000                   # ... is physical 16 MiB with phys_base 0
@@ -267,24 +267,17 @@ def slim_log(path: Path) -> KernelLog:
         return read_log(KernelMemory(src, info))
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    if found is None:
-        pytest.skip(f"{name} is not installed")
-    return found
-
-
 def makedumpfile_dmesg(path: Path) -> bytes:
     out = path.with_suffix(".mdf")
     out.unlink(missing_ok=True)
-    res = subprocess.run([_tool("makedumpfile"), "--dump-dmesg", str(path), str(out)],
+    res = subprocess.run([tool("makedumpfile"), "--dump-dmesg", str(path), str(out)],
                          capture_output=True, check=False)
     assert res.returncode == 0, res.stderr.decode(errors="replace") + res.stdout.decode()
     return out.read_bytes()
 
 
 def vmcore_dmesg(path: Path) -> bytes:
-    res = subprocess.run([_tool("vmcore-dmesg"), str(path)], capture_output=True, check=False)
+    res = subprocess.run([tool("vmcore-dmesg"), str(path)], capture_output=True, check=False)
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     return res.stdout
 
@@ -588,8 +581,7 @@ def test_structured_wrap_marker_fields_go_to_vmcore_dmesg(tmp_path: Path) -> Non
                                         b"[    0.002000] two\n")
     assert render_makedumpfile(log, sc.EM_X86_64) == (b"[    0.001000] one\n"
                                                       b"[    0.002000] two\n")
-    if shutil.which("vmcore-dmesg") or shutil.which("vmcore-dmesg", path="/usr/sbin"):
-        assert vmcore_dmesg(path) == render_vmcore_dmesg(log)
+    assert vmcore_dmesg(path) == render_vmcore_dmesg(log)
 
 
 def _cycle(image: bytearray, first: int, nxt: int) -> None:

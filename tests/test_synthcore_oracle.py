@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -24,25 +23,24 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import synthcore as sc
+from tests.conftest import tool
 
 # --------------------------------------------------------------------------
 # Running and parsing the readers
 
 
-def _run(tool: str, *args: str | Path) -> str:
-    """Run ``tool``; skip if absent; fail on a non-zero exit or anything on stderr."""
-    exe = shutil.which(tool)
-    if exe is None:
-        pytest.skip(f"{tool} not installed")
+def _run(name: str, *args: str | Path) -> str:
+    """Run the reader ``name`` (missing: conftest's require-or-skip rule);
+    fail on a non-zero exit or anything on stderr."""
     proc = subprocess.run(
-        [exe, *map(str, args)],
+        [tool(name), *map(str, args)],
         capture_output=True,
         text=True,
         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
         check=False,
     )
-    assert proc.returncode == 0, f"{tool} {args} failed: {proc.stderr}"
-    assert proc.stderr == "", f"{tool} warned: {proc.stderr}"
+    assert proc.returncode == 0, f"{name} {args} failed: {proc.stderr}"
+    assert proc.stderr == "", f"{name} warned: {proc.stderr}"
     return proc.stdout
 
 
