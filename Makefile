@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile crash \
-                elfutils binutils zstd \
+                elfutils binutils zstd python3-libkdumpfile \
                 liblzo2-dev zlib1g-dev gcc
 
 .PHONY: apt setup demo test test-quick lint fixtures bench clean

@@ -19,6 +19,16 @@ __all__ = ["DumpSource", "ElfCore", "Segment", "open_dump"]
 
 _KDUMP_SIGNATURES = (b"KDUMP   ", b"DISKDUMP")
 _FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
+# Dump formats slimdump does not read, named in the refusal: (first bytes, name)
+_FOREIGN_SIGNATURES = (
+    ((0xA8190173618F23ED).to_bytes(8, "little"), "an LKCD dump"),
+    ((0xA8190173618F23ED).to_bytes(8, "big"), "an LKCD dump"),
+    ((0xA8190173618F23CD).to_bytes(8, "little"), "an LKCD live dump"),
+    ((0xA8190173618F23CD).to_bytes(8, "big"), "an LKCD live dump"),
+    (b"sadump\0\0", "a sadump dump"),
+    ((0xF00FEBED).to_bytes(4, "little"), "a Xen xc_core dump"),
+    ((0xF00FEBEE).to_bytes(4, "little"), "a Xen xc_core (HVM) dump"),
+)
 
 
 def open_dump(path: str | os.PathLike[str]) -> DumpSource:
@@ -39,6 +49,10 @@ def open_dump(path: str | os.PathLike[str]) -> DumpSource:
             return open_flattened(raw)
         if not magic:
             raise DumpError(path, "file is empty")
+        for signature, name in _FOREIGN_SIGNATURES:
+            if magic.startswith(signature):
+                raise DumpError(path, f"{name}: slimdump reads ELF vmcores, kdump-compressed "
+                                      "and flattened files only")
         raise DumpError(path, f"not a crash dump: unknown format (first bytes {magic[:8].hex()})")
     except BaseException:
         raw.close()
