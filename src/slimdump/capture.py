@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 from slimdump import __version__
 from slimdump.errors import DumpError
@@ -195,7 +196,8 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     in the chosen format.
     """
     poisoned = machine_check_pfns(decision) if decision.reason else []
-    byte_copy = isinstance(source, ElfCore) and not poisoned and options.format != FLAT
+    byte_copy = (isinstance(source, ElfCore) and not poisoned and options.format != FLAT
+                 and not options.split)
     if decision.action == FULL and byte_copy:
         if not source.segments:
             raise DumpError(source.path, "holds no memory to copy (is it a slimdump?)")
@@ -236,15 +238,27 @@ def dmesg_path(dst: str) -> str:
     return dst + ".dmesg.txt"
 
 
-def capture(src: str, dst: str | None, *, full: bool = False, overwrite: bool = False,
-            progress: bool | None = None, policy: Policy | None = None,
-            dump_dmesg: bool = False, options: DumpOptions | None = None) -> CaptureResult:
-    """Capture ``src`` into ``dst`` and say what was done.  ``dst`` None or
-    "-" means standard output (flattened format only)."""
+def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
+            overwrite: bool = False, progress: bool | None = None,
+            policy: Policy | None = None, dump_dmesg: bool = False,
+            options: DumpOptions | None = None) -> CaptureResult:
+    """Capture ``src`` (a file, or the parts of a --split set) into ``dst``
+    and say what was done.  ``dst`` None or "-" means standard output
+    (flattened format only).  With ``options.split`` the normal dump goes to
+    those files (``dst`` is the first); a slimdump, one file, goes to ``dst``.
+
+    A lone part of a --split set is refused: a dump written from it would
+    miss the other parts' pages (the writer reads absent pages as zeros)."""
     options = options or DumpOptions()
     start = time.monotonic()
     with open_dump(src) as source:
+        lone_part = getattr(source, "split", False) and not getattr(source, "holds_all", True)
+        if lone_part:
+            raise DumpError(source.path, f"is {source.split_text()}")  # type: ignore[attr-defined]
         decision = decide(source, policy, full=full, want_log=dump_dmesg)
+        if options.split and decision.writes_slimdump:
+            decision.warnings.append(f"a slimdump is one file: written to {dst}; "
+                                     f"{', '.join(options.split[1:])} not created")
         extra: dict[str, Any] = {}
         if dump_dmesg and decision.log is not None:
             path = dmesg_path(output_path(dst))

@@ -37,6 +37,8 @@ EPILOG = """\
 examples:
   slimdump capture -l -d 31 /proc/vmcore /var/crash/vmcore  # as kdump-utils' makedumpfile
   slimdump capture -F -c /proc/vmcore | ssh host 'cat > vmcore.flat'
+  slimdump capture --split -l -d 31 /proc/vmcore vmcore.1 vmcore.2 vmcore.3
+  slimdump inspect vmcore.1 vmcore.2 vmcore.3           # a --split set, any order
   slimdump capture --full /proc/vmcore /var/crash/vmcore   # the complete dump anyway
   slimdump dmesg /proc/vmcore /var/crash/dmesg.txt
   slimdump inspect /var/crash/vmcore                    # why did it crash?
@@ -51,6 +53,33 @@ def _size(n: int) -> str:
     return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
+def _is_split_part(path: str) -> bool:
+    """An existing kdump-compressed file that is a part of a --split set."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open_dump(path) as source:
+            return bool(getattr(source, "split", False))
+    except DumpError:
+        return False
+
+
+def _sources_and_dst(paths: Sequence[str]) -> tuple[str | list[str], str | None]:
+    """SRC [SRC...] [DST]: one path is SRC alone; several are the parts of a
+    --split set then DST, except that a last path which is itself a --split
+    part is read, never overwritten (``dmesg P1 P2 P3`` prints to stdout)."""
+    if len(paths) == 1:
+        return paths[0], None
+    if _is_split_part(paths[-1]):
+        return list(paths), None
+    srcs = list(paths[:-1])
+    return (srcs[0] if len(srcs) == 1 else srcs), paths[-1]
+
+
+def _one_or_all(paths: Sequence[str]) -> str | list[str]:
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
 # Each command imports what it needs when it runs: a capture kernel should
 # not pay for the analyzer's imports, nor dmesg for capture's.
 
@@ -60,9 +89,22 @@ def cmd_capture(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     from slimdump.writers.options import DumpOptions
 
+    split: tuple[str, ...] = ()
+    if args.split:
+        # makedumpfile's form: capture --split SRC DST1 DST2 [...]
+        if len(args.paths) < 3:
+            raise DumpError(None, "--split needs SRC and at least two DSTs: "
+                                  "capture --split SRC DST1 DST2 [DST3...]")
+        if args.format != "kdump":
+            raise DumpError(None, "--split writes kdump-compressed parts: not with -E or -F")
+        args.src, split = args.paths[0], tuple(args.paths[1:])
+        args.dst = split[0]
+    else:
+        args.src, args.dst = _sources_and_dst(args.paths)
     if args.dst in (None, "-") and args.format != "flat":
         raise DumpError(None, "DST is required (only -F writes to standard output)")
-    options = DumpOptions(args.format, args.codec, args.dump_level, args.threads)
+    options = DumpOptions(args.format, args.codec, args.dump_level, args.threads, split,
+                          args.splitblock)
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
                      progress=False if args.no_progress else None, policy=policy,
                      dump_dmesg=args.dump_dmesg, options=options)
@@ -87,8 +129,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
             what += f" without the machine-check page(s) {pages}"
     copied = (f", copied {_size(extra['data_bytes'])} with {extra['copy_method']}"
               if "copy_method" in extra else "")
-    print(f"slimdump: wrote {what} to {args.dst or 'standard output'} ({_size(result.size)}) in "
-          f"{result.seconds:.2f} s; read {_size(result.source_bytes_read)} of {args.src}"
+    where = args.dst or "standard output"
+    if extra.get("parts"):
+        where = f"{len(extra['parts'])} --split parts (" + ", ".join(
+            f"{p['path']} pfns {p['pfn_start']:#x}-{p['pfn_end']:#x}" for p in extra["parts"]) + ")"
+    src = args.src if isinstance(args.src, str) else " ".join(args.src)
+    print(f"slimdump: wrote {what} to {where} ({_size(result.size)}) in "
+          f"{result.seconds:.2f} s; read {_size(result.source_bytes_read)} of {src}"
           f"{copied}", file=sys.stderr)
     if "dmesg" in result.extra:
         print(f"slimdump: wrote the kernel log to {result.extra['dmesg']}", file=sys.stderr)
@@ -119,7 +166,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from slimdump.analysis.report import collect, render
 
-    with open_dump(args.file) as source:
+    with open_dump(_one_or_all(args.file)) as source:
         facts = collect(source, read_log=not args.no_log)
     if args.json:
         import json
@@ -134,6 +181,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_dmesg(args: argparse.Namespace) -> int:
     from slimdump.kernel.log import extract_dmesg
 
+    args.src, args.dst = _sources_and_dst(args.paths)
     with open_dump(args.src) as source:
         text = extract_dmesg(source, args.format)
         read = source.bytes_read
@@ -141,8 +189,9 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
         with AtomicOutput(args.dst, overwrite=args.force) as out:
             out.write(text, 0)
             out.commit()
+        src = args.src if isinstance(args.src, str) else " ".join(args.src)
         print(f"slimdump: wrote the kernel log to {args.dst} ({_size(len(text))}); read "
-              f"{_size(read)} of {args.src}", file=sys.stderr)
+              f"{_size(read)} of {src}", file=sys.stderr)
     else:
         sys.stdout.buffer.write(text)
         sys.stdout.flush()
@@ -169,7 +218,20 @@ def _threads(text: str) -> int:
     return count
 
 
+def _splitblock(text: str) -> int:
+    try:
+        kib = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"splitblock size {text!r} is not a number") from None
+    if kib <= 0:
+        raise argparse.ArgumentTypeError(f"splitblock size {kib} KiB is not positive")
+    return kib << 10
+
+
 def cmd_reassemble(args: argparse.Namespace) -> int:
+    if len(args.paths) > 1:
+        return _join_split(args)
+    args.dst = args.paths[0]
     from slimdump.writers.flat import reassemble
 
     source = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
@@ -181,6 +243,26 @@ def cmd_reassemble(args: argparse.Namespace) -> int:
         if args.input:
             source.close()
     print(f"slimdump: wrote {args.dst} ({_size(size)})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _join_split(args: argparse.Namespace) -> int:
+    """reassemble PART1 PART2 [...] DST: the parts of a --split set joined."""
+    from slimdump.sources.split import open_split
+    from slimdump.writers.split import join_parts
+
+    if args.input:
+        raise DumpError(None, "--input is for a flattened stream, not with --split parts")
+    *parts, dst = args.paths
+    if len(parts) < 2:
+        raise DumpError(None, "reassemble PART1 PART2 [PART3...] DST: a --split set has at "
+                              "least two parts")
+    with open_split(parts) as source, AtomicOutput(dst, overwrite=args.force) as out:
+        size = join_parts(source, out)
+        out.set_size(size)
+        out.commit()
+    print(f"slimdump: wrote {dst} ({_size(size)}) from {len(parts)} --split parts",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -228,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cap = sub.add_parser(
         "capture", help="save a dump: a slimdump when the kernel left NT_NOCOREDUMP",
+        usage="%(prog)s [options] SRC [DST]\n"
+              "       %(prog)s [options] PART1 PART2 [PART3...] DST   (a --split set as SRC)\n"
+              "       %(prog)s [options] --split SRC DST1 DST2 [DST3...]",
         description="Read SRC (/proc/vmcore, an ELF vmcore, a kdump-compressed or flattened "
                     "dump) and write DST. With an "
                     "NT_NOCOREDUMP note the kernel's reason counts and nothing of its memory is "
@@ -241,9 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "Defaults: PANIC_MCE, PANIC_GHES, PANIC_NMI -> slim, anything else -> "
                     "normal. If the log cannot be read, the normal dump is saved. DST is "
                     "written under a temporary name, fsynced and renamed; mode 0600.")
-    cap.add_argument("src", metavar="SRC", help="the dump to read, e.g. /proc/vmcore")
-    cap.add_argument("dst", metavar="DST", nargs="?",
-                     help="the file to write (with -F: standard output when omitted or -)")
+    cap.add_argument("paths", metavar="PATH", nargs="+",
+                     help="SRC: the dump to read, e.g. /proc/vmcore, or every part of a "
+                          "makedumpfile --split set (any order); DST: the file to write (with "
+                          "-F: standard output when omitted or -). With --split: SRC DST1 DST2 "
+                          "[DST3...]")
     fmt = cap.add_argument_group(
         "format of the normal dump (makedumpfile's letters; the last codec given wins)")
     for letter, codec, text in (("-c", "zlib", "zlib"), ("-l", "lzo", "LZO1X-1"),
@@ -261,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--num-threads", dest="threads", type=_threads, default=None,
                      metavar="N", help="threads that read and compress pages, as makedumpfile's "
                                        "--num-threads (default: one per CPU)")
+    fmt.add_argument("--split", action="store_true",
+                     help="write the dump as N kdump-compressed parts, one per DST, as "
+                          "makedumpfile --split: each holds the pages of one pfn range (ranges "
+                          "cut at splitblocks, about equal numbers of pages); read them back "
+                          "with all parts as SRC, or join them with 'slimdump reassemble' or "
+                          "makedumpfile --reassemble")
+    fmt.add_argument("--splitblock-size", dest="splitblock", type=_splitblock,
+                     default=1 << 30, metavar="KB",
+                     help="--split cuts memory at multiples of this many KiB (default 1048576 "
+                          "= 1 GiB, as makedumpfile: a machine with less memory puts every "
+                          "page in the first part)")
     cap.set_defaults(codec="none", format="kdump")
     cap.add_argument("--full", action="store_true",
                      help="collect the complete vmcore whatever the reason")
@@ -293,21 +391,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser(
         "dmesg", help="extract the crashed kernel's log",
+        usage="%(prog)s [options] SRC [DST]\n"
+              "       %(prog)s [options] PART1 PART2 [PART3...] [DST]   (a --split set)",
         description="Write the crashed kernel's log buffer as text, reading only the pages "
                     "of the log buffer (found through VMCOREINFO). Formats: makedumpfile "
                     "(default; as makedumpfile --dump-dmesg) or vmcore-dmesg (as kexec-tools' "
                     "vmcore-dmesg).")
-    dm.add_argument("src", metavar="SRC")
-    dm.add_argument("dst", metavar="DST", nargs="?", help="output file (default: stdout)")
+    dm.add_argument("paths", metavar="PATH", nargs="+",
+                    help="SRC: the dump, or every part of a makedumpfile --split set (any "
+                         "order); DST: output file (default: stdout). A lone --split part works "
+                         "when the log buffer's pages are in it, else it names the part's range")
     dm.add_argument("--format", choices=("makedumpfile", "vmcore-dmesg"), default="makedumpfile")
     dm.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     dm.set_defaults(fn=cmd_dmesg)
 
     rea = sub.add_parser(
-        "reassemble", help="turn a flattened stream (-F) back into a dump file (makedumpfile -R)",
+        "reassemble", help="turn a flattened stream (-F) back into a dump file (makedumpfile -R), "
+                           "or join --split parts (makedumpfile --reassemble)",
+        usage="%(prog)s [--input FILE] [-f] DST\n"
+              "       %(prog)s [-f] PART1 PART2 [PART3...] DST",
         description="Read a flattened stream (from -F, e.g. saved over ssh) on standard input "
-                    "or from --input, and write the kdump-compressed file it describes.")
-    rea.add_argument("dst", metavar="DST")
+                    "or from --input, and write the kdump-compressed file it describes. Or "
+                    "join the parts of a --split set (any order) into the unsplit "
+                    "kdump-compressed file, copying the stored pages as they are (as "
+                    "makedumpfile --reassemble). slimdump also reads a set without joining it: "
+                    "give every part as SRC.")
+    rea.add_argument("paths", metavar="PATH", nargs="+",
+                     help="DST alone (flattened input), or the parts then DST")
     rea.add_argument("--input", metavar="FILE", help="read the stream from FILE, not stdin")
     rea.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     rea.set_defaults(fn=cmd_reassemble)
@@ -319,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "machine-check record decoded, per-CPU registers, notes, VMCOREINFO and the "
                     "last lines of the log. The log comes from a slimdump's log note, or from "
                     "the dump's memory (only the log buffer's pages; --no-log to skip).")
-    ins.add_argument("file", metavar="FILE")
+    ins.add_argument("file", metavar="FILE", nargs="+",
+                     help="the dump, or every part of a makedumpfile --split set (any order); "
+                          "a part given alone says which pfns it holds")
     ins.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
     ins.add_argument("--vmcoreinfo", action="store_true", help="also list every VMCOREINFO entry")
     ins.add_argument("--no-log", action="store_true",

@@ -197,6 +197,20 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
                      meta.dump_level, selection.max_mapnr, meta.page_size, meta.nr_cpus)
     bar = Progress(total, "Copying data", enabled=progress)
     bar_update = bar.update
+    if options.split:
+        from slimdump.writers.split import write_split
+
+        parts = write_split(options.split, meta, selection.bitmap1, selection.bitmap2,
+                            read_pages, codec=options.codec, workers=options.threads,
+                            splitblock=options.splitblock, overwrite=overwrite,
+                            progress=bar_update)
+        bar.finish()
+        return DumpResult(sum(r.size for _, r in parts), sum(r.pages for _, r in parts),
+                          sum(r.seconds for _, r in parts),
+                          {"parts": [{"path": dst, "pfn_start": lo, "pfn_end": hi,
+                                      "pages": r.pages, "size": r.size}
+                                     for dst, ((lo, hi), r) in zip(options.split, parts,
+                                                                   strict=True)]})
 
     def run(out: Any) -> Any:
         writer = KdumpWriter(out, meta, selection.bitmap1, selection.bitmap2,

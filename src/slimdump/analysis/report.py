@@ -102,6 +102,14 @@ def dump_kind(source: DumpSource, reason: NoCoreDump | None, meta: dict[str, Any
     return "vmcore"
 
 
+def _split_facts(source: DumpSource) -> dict[str, Any] | None:
+    """A --split set's parts, or what a lone part holds (None otherwise)."""
+    facts, text = getattr(source, "split_facts", None), getattr(source, "split_text", None)
+    if not callable(facts) or not callable(text) or facts() is None:
+        return None
+    return {**facts(), "text": text()}
+
+
 def _log_records(source: DumpSource, note_text: str | None,
                  read_memory: bool) -> tuple[dict[str, Any], list[tuple[int, str]]]:
     """The log from a slimdump's log note, else from the dump's memory."""
@@ -166,7 +174,7 @@ def collect(source: DumpSource, *, read_log: bool = True, tail: int = 50) -> dic
                  "kind": dump_kind(source, reason, meta), "class": hdr.class_name,
                  "byte_order": hdr.byte_order, "machine": hdr.machine_name,
                  "e_machine": hdr.e_machine, "truncated": source.truncated,
-                 "expected_size": source.data_end},
+                 "expected_size": source.data_end, "split": _split_facts(source)},
         "nocoredump": ({"reason": reason.reason, "message": reason.message,
                         "headline": headline(reason.reason),
                         "reason_line": reason_line(reason.reason)} if reason else None),
@@ -216,6 +224,8 @@ def render(facts: dict[str, Any], *, all_vmcoreinfo: bool = False) -> str:
     add(f"File:         {f['path']}")
     add(f"Dump:         {f['kind']}, {f['class']} {f['machine']} {f['byte_order']}, "
         f"{_size(f['size'])}")
+    if f.get("split"):
+        add(f"Split:        {f['split']['text']}")
     if f["truncated"]:
         add(f"              TRUNCATED: the headers promise {f['expected_size']} bytes; "
             "memory past the end is missing")

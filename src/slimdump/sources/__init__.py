@@ -9,6 +9,7 @@ kernels.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from slimdump.errors import DumpError
 from slimdump.sources.base import DumpSource, Segment
@@ -31,8 +32,19 @@ _FOREIGN_SIGNATURES = (
 )
 
 
-def open_dump(path: str | os.PathLike[str]) -> DumpSource:
-    """Open a dump file of any supported format; DumpError if it is none."""
+def open_dump(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> DumpSource:
+    """Open a dump file of any supported format; DumpError if it is none.
+
+    Several paths are the parts of a ``makedumpfile --split`` set, in any
+    order: one :class:`~slimdump.sources.split.SplitSource` over them (a
+    single path in a list is opened as that file)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        paths = list(path)
+        if len(paths) != 1:
+            from slimdump.sources.split import open_split
+
+            return open_split(paths)
+        path = paths[0]
     raw = RawFile.open(path)
     try:
         magic = raw.read_at(0, 16, what="file signature", allow_short=True)

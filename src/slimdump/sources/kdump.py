@@ -187,7 +187,11 @@ class KdumpFile(DumpSource):
             first, last = self.sub_header.start_pfn_64, self.sub_header.end_pfn_64
             if self.header_version < 6:
                 first, last = self.sub_header.start_pfn, self.sub_header.end_pfn
-            self.pfn_range = (min(first, self.max_mapnr), min(last, self.max_mapnr))
+            if not 0 <= first <= last <= self.max_mapnr:
+                raise DumpError(self.path, f"kdump sub header says this --split part holds "
+                                           f"pfns {first:#x}-{last:#x}, outside 0-"
+                                           f"{self.max_mapnr:#x}")
+            self.pfn_range = (first, last)
         else:
             self.pfn_range = (0, self.max_mapnr)
         self._first_pos = self._rank(self.pfn_range[0])
@@ -279,6 +283,49 @@ class KdumpFile(DumpSource):
             end = max(end, sub.offset_eraseinfo + sub.size_eraseinfo)
         return end
 
+    # -- --split parts ---------------------------------------------------------
+
+    @property
+    def holds_all(self) -> bool:
+        """The file holds every dumped page: a whole dump, or the one part of
+        a --split set that got them all (the others are empty)."""
+        return self.pfn_range == (0, self.max_mapnr)
+
+    def split_range_text(self) -> str:
+        """This part's pfns as one phrase (inclusive ends, hex)."""
+        lo, hi = self.pfn_range
+        if lo == hi:
+            return "no pages (an empty part)"
+        return f"pfns {lo:#x}-{hi - 1:#x} ({self.num_dumpable} of the set's " \
+               f"{self.total_dumpable} dumped pages)"
+
+    def split_facts(self) -> dict[str, object] | None:
+        """What the sub header says about the --split set (None if not a part).
+
+        The format records a part's pfn range, not its number nor how many
+        parts there are: ``position`` is told from the range (the first part
+        starts at pfn 0, the last ends at max_mapnr)."""
+        if not self.split:
+            return None
+        lo, hi = self.pfn_range
+        position = ("only" if self.holds_all else "empty" if lo == hi else
+                    "first" if lo == 0 else "last" if hi == self.max_mapnr else "middle")
+        return {"part": position, "pfn_start": lo, "pfn_end": hi, "max_mapnr": self.max_mapnr,
+                "pages": self.num_dumpable, "set_pages": self.total_dumpable}
+
+    def split_text(self) -> str | None:
+        """One line for ``inspect`` about a part opened alone (None if not a part)."""
+        facts = self.split_facts()
+        if facts is None:
+            return None
+        if facts["part"] == "only":
+            return ("one part of a makedumpfile --split set, holding every dumped page "
+                    "(the other parts are empty)")
+        where = {"first": "the first part", "last": "the last part", "empty": "an empty part",
+                 "middle": "a middle part"}[str(facts["part"])]
+        return (f"{where} of a makedumpfile --split set: it holds {self.split_range_text()}; "
+                "give every part together to read the rest")
+
     def is_dumped(self, pfn: int) -> bool:
         """The page is in the 2nd bitmap (and in this file's split range)."""
         if not self.pfn_range[0] <= pfn < self.pfn_range[1]:
@@ -297,6 +344,17 @@ class KdumpFile(DumpSource):
                 rank += (part[-1] & ((1 << (pfn & 7)) - 1)).bit_count()
         return rank
 
+    @property
+    def first_slot(self) -> int:
+        """The descriptor slot of this file's first page in the whole dump's
+        table (a --split part writes its descriptors from slot 0)."""
+        return self._first_pos
+
+    def descriptors(self, pos: int, count: int) -> np.ndarray:
+        """``count`` page descriptors of this file from slot ``pos``
+        (offset, size, flags, page_flags), unchecked."""
+        return self._descriptors(pos, count)
+
     def _descriptors(self, pos: int, count: int) -> np.ndarray:
         data = self.raw.read_at(self.desc_offset + PAGE_DESC_SIZE * pos, PAGE_DESC_SIZE * count,
                                 what="page descriptors")
@@ -313,6 +371,11 @@ class KdumpFile(DumpSource):
             & (np.arange(pfn, pfn + count) < hi)
         if not held.all():
             at = pfn + int(np.argmin(held))
+            if self.split and not lo <= at < hi and self.bitmap2.bits(at, 1)[0]:
+                raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
+                                           f"(pfn {at:#x}) is in another part of this "
+                                           f"makedumpfile --split set; this part holds "
+                                           f"{self.split_range_text()}: give every part")
             raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
                                        f"(pfn {at:#x}) is not in the dump")
         pos = self._rank(pfn) - self._first_pos

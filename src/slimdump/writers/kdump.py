@@ -329,14 +329,21 @@ class KdumpWriter:
     ``workers``: worker threads (default: all CPUs; 1 does everything in
     the calling thread).  ``executor``: an existing pool to use instead of
     starting one.  ``cycle_pages``: pfns of the 2nd bitmap scanned at once
-    (at least SCAN_PFNS).
+    (at least SCAN_PFNS).  ``pfn_range``: write one part of a ``--split``
+    set (:mod:`slimdump.writers.split`): the same headers, bitmaps and
+    descriptor table size, the sub header's split fields set, and only the
+    pages of ``[start, end)``, their descriptors from the table's first slot.
     """
 
     def __init__(self, out: PositionedOutput | int, meta: KdumpMeta,
                  bitmap1: BitmapLike | PfnBitmap, bitmap2: BitmapLike | PfnBitmap, *,
                  codec: str | Codec = "zlib", workers: int | None = None,
-                 cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None) -> None:
+                 cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None,
+                 pfn_range: tuple[int, int] | None = None) -> None:
         self.out = as_output(out)
+        if pfn_range is not None and not 0 <= pfn_range[0] <= pfn_range[1] <= meta.max_mapnr:
+            raise ValueError(f"split range {pfn_range} is not within 0-{meta.max_mapnr}")
+        self.pfn_range = pfn_range
         self.meta = meta
         self.codec = require(codec)
         self.abi = KdumpAbi.for_elf(meta.header)
@@ -402,11 +409,14 @@ class KdumpWriter:
                               self._nr_cpus()).pack(self.abi)
 
     def sub_header_bytes(self) -> bytes:
-        """The kdump_sub_header (version 6 fields; no split, no eraseinfo)."""
+        """The kdump_sub_header (version 6 fields; no eraseinfo)."""
         meta = self.meta
         vmcoreinfo_at, vmcoreinfo_size = self._vmcoreinfo_location()
+        first, end = self.pfn_range or (0, 0)
         return KdumpSubHeader(
             phys_base=meta.phys_base & ((1 << 64) - 1), dump_level=meta.dump_level,
+            split=int(self.pfn_range is not None), start_pfn=first, end_pfn=end,
+            start_pfn_64=first, end_pfn_64=end,
             offset_vmcoreinfo=vmcoreinfo_at, size_vmcoreinfo=vmcoreinfo_size,
             offset_note=self.note_offset if self.notes else 0, size_note=len(self.notes),
             max_mapnr_64=meta.max_mapnr).pack(self.abi)
@@ -489,11 +499,11 @@ class KdumpWriter:
                executor: Executor | ThreadPool | None) -> Iterator[_Task]:
         """The 2nd bitmap's pages in pfn order, cut into tasks of at most
         TASK_PAGES pages, each read and packed by a worker."""
-        nbits = self.meta.max_mapnr
+        lo, hi = self.pfn_range or (0, self.meta.max_mapnr)
         parallel_reads = executor is not None and getattr(read_pages, "thread_safe", False)
         runs: list[tuple[int, int]] = []
         size = 0
-        for first, count in self.bitmap2.runs(0, nbits, max(self.cycle_pages, SCAN_PFNS)):
+        for first, count in self.bitmap2.runs(lo, hi, max(self.cycle_pages, SCAN_PFNS)):
             pfn, left = first, count
             while left:
                 take = min(left, TASK_PAGES - size)

@@ -15,12 +15,14 @@ KDUMP, ELF, FLAT = "kdump", "elf", "flat"
 
 @record(frozen=True)
 class DumpOptions:
-    """makedumpfile's output choices: -c/-l/-p/-z, -E, -F, -d."""
+    """makedumpfile's output choices: -c/-l/-p/-z, -E, -F, -d, --split."""
 
     format: str = KDUMP          # KDUMP, ELF or FLAT
     codec: str = "none"          # none, zlib, lzo, snappy, zstd
     dump_level: int = 31
     threads: int | None = None   # --num-threads; None: one per CPU
+    split: tuple[str, ...] = ()  # --split: the parts' file names (kdump format only)
+    splitblock: int = 1 << 30    # --splitblock-size, in bytes
 
 
 def output_path(dst: str | None) -> str:
