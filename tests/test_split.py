@@ -263,3 +263,15 @@ def test_split_refuses_what_makedumpfile_refuses(tmp_path: Path) -> None:
     got = slimdump("capture", "--split", "-l", vmcore, tmp_path / "a", existing)
     assert got.returncode == 1 and "already exists" in got.stderr
     assert existing.read_text() == "keep me" and not (tmp_path / "a").exists()
+
+
+def test_split_of_a_hardware_crash_is_one_slimdump(tmp_path: Path) -> None:
+    """A slimdump is one file: with --split it goes to DST1, and the user is
+    told that the other names were not created."""
+    first, second = tmp_path / "part1", tmp_path / "part2"
+    got = slimdump("capture", "--split", real_vmcore("6.1-mce"), first, second)
+    assert got.returncode == 0, got.stderr
+    assert f"{second} not created" in got.stderr
+    assert not second.exists()
+    assert first.read_bytes()[:4] == b"\x7fELF"
+    assert "PANIC_MCE" in slimdump("inspect", "--no-log", first).stdout

@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "makedumpfile --split: each holds the pages of one pfn range (ranges "
                           "cut at splitblocks, about equal numbers of pages); read them back "
                           "with all parts as SRC, or join them with 'slimdump reassemble' or "
-                          "makedumpfile --reassemble")
+                          "makedumpfile --reassemble. A slimdump (slim/dmesg action) is one "
+                          "file: it goes to DST1 and the other DSTs are not created")
     fmt.add_argument("--splitblock-size", dest="splitblock", type=_splitblock,
                      default=1 << 30, metavar="KB",
                      help="--split cuts memory at multiples of this many KiB (default 1048576 "
