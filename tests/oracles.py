@@ -93,3 +93,34 @@ def readelf_segment_types(path: Path) -> list[str]:
                 break
             types.append(line.split()[0])
     return types
+
+
+def partial_tail_pfns(path: Path, page: int = 4096) -> list[int]:
+    """Pfns makedumpfile 1.7.2 leaves out of its 1st bitmap although the
+    vmcore holds bytes of them, by readelf's PT_LOADs: makedumpfile sets
+    pfns floor(start/P) .. floor(end/P) - 1 per PT_LOAD, so a page where a
+    PT_LOAD ends mid-page (x86's first RAM range, 0x1000-0x9fbff) is
+    dropped unless another PT_LOAD sets it; slimdump keeps every page that
+    holds a byte of the dump (README, "Oracles and what they disagree about")."""
+    loads = readelf_loads(path)
+    tails = {(ld.paddr + ld.memsz) // page for ld in loads if (ld.paddr + ld.memsz) % page}
+    return sorted(p for p in tails
+                  if not any(o.paddr // page <= p < (o.paddr + o.memsz) // page for o in loads))
+
+
+def held_page(path: Path, pfn: int, page: int = 4096) -> bytes:
+    """Page ``pfn`` as the ELF vmcore holds it, read through readelf's
+    program headers: bytes a PT_LOAD stores in the file (the first in
+    header order), zeros for the rest of the page."""
+    base, out, have = pfn * page, bytearray(page), [False] * page
+    with open(path, "rb") as f:
+        for ld in readelf_loads(path):
+            lo, hi = max(base, ld.paddr), min(base + page, ld.paddr + ld.filesz)
+            if lo >= hi:
+                continue
+            f.seek(ld.offset + lo - ld.paddr)
+            data = f.read(hi - lo)
+            for i, byte in enumerate(data):
+                if not have[lo - base + i]:
+                    out[lo - base + i], have[lo - base + i] = byte, True
+    return bytes(out)

@@ -51,6 +51,7 @@ __all__ = [
     "Load",
     "Note",
     "build_core",
+    "flatten",
     "note_bytes",
     "prstatus_arm64",
     "prstatus_i386",
@@ -126,7 +127,15 @@ class Note:
 
 @dataclass
 class Load:
-    """One PT_LOAD segment: ``p_filesz = len(data)``, ``p_memsz = memsz or len(data)``."""
+    """One PT_LOAD segment: ``p_filesz = len(data)``, ``p_memsz = memsz or len(data)``.
+
+    Any list of loads is written as given, in order: overlapping segments
+    (the kernel image duplicating RAM, or a segment that only declares a
+    range another one stores), ``memsz`` beyond the data (p_filesz <
+    p_memsz; ``data=b""`` gives p_filesz 0), addresses and sizes that are
+    not page multiples (a range ending mid-page, as x86's 0x1000-0x9fbff),
+    ``paddr`` all-ones (no physical address), or no loads at all.
+    """
 
     paddr: int
     vaddr: int
@@ -417,3 +426,33 @@ def sample_x86_64_core(
         Load(paddr=SAMPLE_RAM_PADDR, vaddr=SAMPLE_RAM_VADDR, data=ram),
     ]
     return build_core(notes, loads, machine=EM_X86_64)
+
+
+# --------------------------------------------------------------------------
+# makedumpfile's flattened format (-F), kdump-formats.md section 3
+
+FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
+
+
+def flatten(data: bytes, *, record: int = 0x10000, reverse: bool = False,
+            overlap: bool = False) -> bytes:
+    """``data`` (a whole dump file) as a flattened stream: the 4096-byte
+    header (signature, type 1, version 1, big-endian), records of
+    ``(offset, size)`` big-endian int64 plus ``size`` bytes, then (-1, -1).
+
+    ``reverse`` writes the records last offset first (readers must place
+    them, not append them); ``overlap`` also sends each record's first half
+    again after it has been written with garbage, so a later record must
+    win.  Ranges of zeros are still sent (a hole is a writer's choice)."""
+    head = (FLAT_SIGNATURE + struct.pack(">qq", 1, 1)).ljust(4096, b"\0")
+    chunks = [(at, data[at:at + record]) for at in range(0, len(data), record)]
+    if reverse:
+        chunks.reverse()
+    out = [head]
+    for at, chunk in chunks:
+        if overlap and len(chunk) > 1:
+            half = len(chunk) // 2
+            out.append(struct.pack(">qq", at, half) + b"\xee" * half)
+        out.append(struct.pack(">qq", at, len(chunk)) + chunk)
+    out.append(struct.pack(">qq", -1, -1))
+    return b"".join(out)

@@ -38,7 +38,7 @@ from slimdump.sources import DumpSource, ElfCore, open_dump
 from slimdump.triage.classify import Classification, classify
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.elfcopy import write_full_copy
-from slimdump.writers.options import FLAT, DumpOptions, output_path
+from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
 from slimdump.writers.slim import slimdump_bytes
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
@@ -127,17 +127,20 @@ def previous_metadata(source: DumpSource) -> dict[str, Any] | None:
     return None
 
 
-def slim_metadata(source: DumpSource, decision: Decision) -> dict[str, Any]:
-    """The SLIMDUMP metadata object (nocoredump-note.md, "slimdump's own notes")."""
+def slim_metadata(source: DumpSource, decision: Decision, *,
+                  stamp: bool = True) -> dict[str, Any]:
+    """The SLIMDUMP metadata object (nocoredump-note.md, "slimdump's own
+    notes").  ``reason`` is null for a software crash (a normal dump that
+    records partial pages); ``stamp=False`` leaves out ``captured_at``, so
+    that two captures of one source are one file."""
     memory = [seg.as_metadata() for seg in source.segments]
     previous = previous_metadata(source)
     if not memory and previous:
         memory = previous.get("memory", [])
-    assert decision.reason is not None
     verdict = decision.classification
     meta: dict[str, Any] = {
         "format": 1,
-        "reason": decision.reason.reason,
+        "reason": decision.reason.reason if decision.reason else None,
         "detected_by": decision.detected_by,
         "tool": {"name": "slimdump", "version": __version__},
         "captured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -146,6 +149,8 @@ def slim_metadata(source: DumpSource, decision: Decision) -> dict[str, Any]:
         "memory": memory,
         "hardware_errors": verdict.hardware_errors if verdict else [],
     }
+    if not stamp:
+        del meta["captured_at"]
     if verdict is not None:
         meta["panic"] = {"message": verdict.panic_message, "cpu": verdict.panic_cpu}
     return meta
@@ -198,13 +203,13 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     poisoned = machine_check_pfns(decision) if decision.reason else []
     byte_copy = (isinstance(source, ElfCore) and not poisoned and options.format != FLAT
                  and not options.split)
+    if not any(seg.usable for seg in source.segments):
+        # every format still gets a valid file: the notes are the dump
+        decision.warnings.append("the dump holds no memory (no PT_LOAD with a physical "
+                                 "address); writing its notes only")
     if decision.action == FULL and byte_copy:
-        if not source.segments:
-            raise DumpError(source.path, "holds no memory to copy (is it a slimdump?)")
         stats = write_full_copy(source, output_path(dst), overwrite=overwrite, progress=progress)
         return stats.size, {"copy_method": stats.method, "data_bytes": stats.copied}
-    if not source.segments:
-        raise DumpError(source.path, "holds no memory to dump (is it a slimdump?)")
     from slimdump.filtered import select_pages, write_dump  # numpy: only when filtering
 
     # re-filtering a saved dump: its dump level still holds (as makedumpfile ORs it)
@@ -216,9 +221,17 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     directory = None if dst in (None, "-") else os.path.dirname(os.path.abspath(dst))
     selection = select_pages(source, level, poisoned, directory=directory)
     extra_notes = []
-    if poisoned and decision.reason is not None:
-        meta = slim_metadata(source, decision)
-        meta["excluded_pages"] = [{"pfn": pfn, "why": "machine check ADDR"} for pfn in poisoned]
+    # a page the source holds only in part is whole in a kdump-compressed
+    # file: the metadata says which of its bytes are memory (an ELF file's
+    # program headers say it themselves)
+    partial = _partial_pages(source, selection) if chosen.format != ELF else []
+    if (poisoned and decision.reason is not None) or partial:
+        meta = slim_metadata(source, decision, stamp=bool(poisoned))
+        if poisoned:
+            meta["excluded_pages"] = [{"pfn": pfn, "why": "machine check ADDR"}
+                                      for pfn in poisoned]
+        if partial:
+            meta["partial_pages"] = partial
         extra_notes.append(metadata_note(meta))
     try:
         result = write_dump(source, dst, chosen, selection, extra_notes=extra_notes,
@@ -231,6 +244,13 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     if poisoned:
         details["excluded_pages"] = poisoned
     return result.size, details
+
+
+def _partial_pages(source: DumpSource, selection: Any) -> list[dict[str, Any]]:
+    """The kept pages an ELF source holds only in part.  A saved
+    kdump-compressed dump's pages are whole; its own metadata note, which
+    travels with its notes, already says which ones were partial."""
+    return selection.kept_partial() if isinstance(source, ElfCore) else []
 
 
 def dmesg_path(dst: str) -> str:

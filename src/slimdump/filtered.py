@@ -33,7 +33,7 @@ from slimdump.kernel.pages import (
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.progress import Progress
 from slimdump.record import field, record
-from slimdump.sources.base import DumpSource, Segment
+from slimdump.sources.base import DumpSource, Segment, partial_pages
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
 from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
@@ -62,10 +62,21 @@ class PageSelection:
     page_size: int
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: pages the source covers only in part (``(pfn, [(lo, hi), ...])``, the
+    #: byte ranges it holds): in the bitmaps, their other bytes zeros
+    partial: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
 
     @cached_property
     def dumpable_pages(self) -> int:
         return self.bitmap2.popcount()
+
+    def kept_partial(self) -> list[dict[str, Any]]:
+        """The partial pages that go in, as the SLIMDUMP metadata records
+        them (``partial_pages``): a kdump-compressed page is whole, so this
+        is where a reader learns which of its bytes are not memory."""
+        return [{"pfn": pfn, "held": [[lo, hi] for lo, hi in ranges]}
+                for pfn, ranges in self.partial
+                if self.bitmap2.read(pfn // 8, 1)[0] >> (pfn % 8) & 1]
 
     def close(self) -> None:
         self.bitmap1.close()
@@ -96,7 +107,10 @@ def select_pages(source: DumpSource, dump_level: int,
     live in an unlinked file in ``directory`` (default: TMPDIR)."""
     info = VmcoreInfo.from_notes(source.notes)
     page_size = (info.page_size if info else None) or 4096
-    nr = max_mapnr(source.segments, page_size)
+    # a dump without memory (no usable PT_LOAD) still gets bitmaps of one
+    # pfn, absent: makedumpfile and libkdumpfile take no kdump file with
+    # max_mapnr 0, and the notes (registers, VMCOREINFO) are worth keeping
+    nr = max(1, max_mapnr(source.segments, page_size))
     # no real machine's memory map reaches past its physical address width
     # (the kernel's MAX_PHYSMEM_BITS, at most 52 on x86_64 and arm64); a
     # segment beyond it is corruption, not a reason to walk petabytes of map
@@ -111,7 +125,8 @@ def select_pages(source: DumpSource, dump_level: int,
     except DumpError:
         bitmap1.close()
         raise
-    selection = PageSelection(bitmap1, bitmap2, nr, page_size)
+    selection = PageSelection(bitmap1, bitmap2, nr, page_size,
+                              partial=partial_pages(source.extents, page_size))
     try:
         _classify_into(source, info, dump_level, selection)
         for pfn in exclude_pfns:

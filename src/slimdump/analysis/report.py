@@ -242,10 +242,17 @@ def render(facts: dict[str, Any], *, all_vmcoreinfo: bool = False) -> str:
         src, tool = meta["source"], meta.get("tool")
         tool = tool if isinstance(tool, dict) else {}
         size = src.get("size")
-        add(f"Captured:     {meta.get('captured_at')} by {tool.get('name')} "
+        when = f"{meta['captured_at']} " if meta.get("captured_at") else ""
+        why = (f"; reason from {meta.get('detected_by')}" if meta.get("reason")
+               else "; no hardware reason")
+        add(f"Captured:     {when}by {tool.get('name')} "
             f"{tool.get('version')} from {src.get('path')} ({src.get('format')}"
-            f"{', ' + _size(size) if isinstance(size, int) else ''}); reason from "
-            f"{meta.get('detected_by')}")
+            f"{', ' + _size(size) if isinstance(size, int) else ''}){why}")
+    if meta and isinstance(meta.get("partial_pages"), list) and meta["partial_pages"]:
+        pfns = [p.get("pfn") for p in meta["partial_pages"] if isinstance(p, dict)]
+        add(f"Partial:      {len(pfns)} page(s) the source held only in part (the rest "
+            f"reads as zeros): pfn {', '.join(hex(p) for p in pfns[:8] if isinstance(p, int))}"
+            f"{' ...' if len(pfns) > 8 else ''}")
     if triage.get("panic_message") is not None:
         cpu = triage.get("panic_cpu")
         add(f"Panic:        Kernel panic - not syncing: {triage['panic_message']}"

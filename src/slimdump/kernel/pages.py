@@ -72,7 +72,8 @@ from slimdump.elf import EM_X86_64
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory, KernelViewError
 from slimdump.record import field, record
-from slimdump.sources.base import Segment
+from slimdump.sources.base import NOT_PADDR as NOT_PADDR  # re-exported: defined with Segment
+from slimdump.sources.base import Segment, page_intervals, resolve_extents
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
@@ -104,8 +105,6 @@ DL_FREE = 16
 #: bits decided from struct page (everything but zero pages)
 DL_STRUCT_PAGE = DL_CACHE | DL_CACHE_PRIVATE | DL_USER | DL_FREE
 
-#: a PT_LOAD with this p_paddr describes no physical memory (makedumpfile's NOT_PADDR)
-NOT_PADDR = (1 << 64) - 1
 #: default number of pfns per cycle for callers that do not choose one (1 GiB of 4 KiB pages)
 DEFAULT_CYCLE = 1 << 18
 
@@ -135,7 +134,7 @@ CATEGORY_NAMES = {FREE: "free", UNACCEPTED: "unaccepted", CACHE: "cache",
 
 def usable_segments(segments: Sequence[Segment]) -> list[Segment]:
     """The PT_LOADs makedumpfile uses: those with a real p_paddr."""
-    return [s for s in segments if s.phys_start != NOT_PADDR and s.mem_size > 0]
+    return [s for s in segments if s.usable]
 
 
 def max_mapnr(segments: Sequence[Segment], page_size: int) -> int:
@@ -149,20 +148,23 @@ def max_mapnr(segments: Sequence[Segment], page_size: int) -> int:
 
 def _pfn_intervals(segments: Sequence[Segment], page_size: int,
                    partial_first: bool) -> list[tuple[int, int]]:
-    """Each segment as a pfn interval [a, b).
+    """Pfn intervals [a, b) of the segments.
 
-    ``partial_first=True``: makedumpfile's 1st bitmap, floor(start/P) ..
-    floor(end/P) - 1 (a leading partial page counts, a trailing one does not).
+    ``partial_first=True``: the 1st bitmap, the pages holding any byte the
+    dump holds (:func:`~slimdump.sources.base.page_intervals`, the rule every
+    reader and writer shares): floor(start/P) .. ceil(end/P) - 1, so a page
+    a segment covers only in part is kept, its other bytes zeros.
+    makedumpfile 1.7.2 drops a trailing partial page (floor(end/P) - 1; x86's
+    first RAM range 0x1000-0x9fbff loses pfn 0x9f): README, "Oracles".
     ``partial_first=False``: the pfns whose first byte lies in the segment
     (makedumpfile's ``is_in_segs(pfn << PAGE_SHIFT)``, which decides which
     pfns the struct page walk looks at), ceil(start/P) .. ceil(end/P) - 1.
     """
+    if partial_first:
+        return page_intervals(resolve_extents(segments), page_size)
     out = []
     for s in usable_segments(segments):
-        if partial_first:
-            a, b = s.phys_start // page_size, s.phys_end // page_size
-        else:
-            a, b = -(-s.phys_start // page_size), -(-s.phys_end // page_size)
+        a, b = -(-s.phys_start // page_size), -(-s.phys_end // page_size)
         if a < b:
             out.append((a, b))
     return out
@@ -204,11 +206,12 @@ def _pack_intervals(intervals: Sequence[tuple[int, int]], start: int, end: int) 
 
 def present_range(segments: Sequence[Segment], page_size: int, start: int,
                   end: int) -> np.ndarray:
-    """bool[end - start]: makedumpfile's 1st bitmap for pfns [start, end).
+    """bool[end - start]: the 1st bitmap for pfns [start, end).
 
-    A segment [s, e) sets pfns floor(s/P) .. floor(e/P) - 1; segments with
-    p_paddr all-ones are ignored; the kernel-image PT_LOAD, which duplicates
-    RAM, simply sets the same bits again.  (numpy; :func:`present_packed` is
+    A segment [s, e) sets pfns floor(s/P) .. ceil(e/P) - 1 (see
+    :func:`_pfn_intervals`); segments with p_paddr all-ones are ignored; the
+    kernel-image PT_LOAD, which duplicates RAM, simply sets the same bits
+    again.  (numpy; :func:`present_packed` is
     the same without it.)
     """
     from slimdump.kernel.pages_np import _paint

@@ -115,46 +115,50 @@ class ElfCore(DumpSource):
                 end = max(end, ph.p_offset + ph.p_filesz)
         return end
 
+    @property
+    def truncated(self) -> bool:
+        """Shorter than the headers promise, or (a flattened -E stream) cut
+        before its end marker."""
+        return super().truncated or not getattr(self.raw, "complete", True)
+
     def read_phys(self, paddr: int, size: int) -> bytes:
-        """Read physical memory; NotInDump where no PT_LOAD covers it, zeros
-        where a segment's p_memsz runs past its p_filesz (as ELF defines)."""
-        seg = self._segment_at(paddr)
-        if seg is not None and paddr + size <= seg.phys_start + seg.file_size:
-            # the common case: one segment, all in the file: one pread, no copy
-            return self.raw.read_at(seg.file_offset + paddr - seg.phys_start, size,
+        """Read physical memory as :func:`~slimdump.sources.base.resolve_extents`
+        says the core holds it: file data where a segment stores the bytes
+        (the first such segment in program-header order), zeros where
+        segments only declare them (p_memsz past p_filesz), NotInDump where
+        no PT_LOAD covers an address."""
+        extents = self.extent_map
+        ext = extents.at(paddr)
+        if ext is not None and ext.in_file and paddr + size <= ext.phys_end:
+            # the common case: one extent, all in the file: one pread, no copy
+            return self.raw.read_at(ext.file_offset + paddr - ext.phys_start, size,
                                     what=f"memory at {paddr:#x}")
         out = bytearray()
         addr, end = paddr, paddr + size
         while addr < end:
-            seg = self._segment_at(addr)
-            if seg is None:
+            ext = extents.at(addr)
+            if ext is None:
                 raise NotInDump(self.path, f"physical address {addr:#x} is not in the dump")
-            chunk_end = min(end, seg.phys_end)
-            in_file = max(0, min(chunk_end, seg.phys_start + seg.file_size) - addr)
-            if in_file:
-                out += self.raw.read_at(seg.file_offset + addr - seg.phys_start, in_file,
-                                        what=f"memory at {addr:#x}")
-            out += bytes(chunk_end - addr - in_file)
+            chunk_end = min(end, ext.phys_end)
+            if ext.in_file:
+                out += self.raw.read_at(ext.file_offset + addr - ext.phys_start,
+                                        chunk_end - addr, what=f"memory at {addr:#x}")
+            else:
+                out += bytes(chunk_end - addr)
             addr = chunk_end
         return bytes(out)
 
     def read_phys_into(self, paddr: int, buf: memoryview) -> None:
-        """:meth:`read_phys` into ``buf``: one pread straight into it when a
-        single segment holds all of it in the file (the common case), else
+        """:meth:`read_phys` into ``buf``: one read straight into it when a
+        single extent holds all of it in the file (the common case), else
         through :meth:`read_phys`."""
         size = len(buf)
-        seg = self._segment_at(paddr)
-        if seg is not None and paddr + size <= seg.phys_start + seg.file_size:
-            self.raw.read_into(seg.file_offset + paddr - seg.phys_start, buf,
+        ext = self.extent_map.at(paddr)
+        if ext is not None and ext.in_file and paddr + size <= ext.phys_end:
+            self.raw.read_into(ext.file_offset + paddr - ext.phys_start, buf,
                                what=f"memory at {paddr:#x}")
             return
         super().read_phys_into(paddr, buf)
-
-    def _segment_at(self, paddr: int) -> Segment | None:
-        for seg in self.segments:
-            if seg.phys_start <= paddr < seg.phys_end:
-                return seg
-        return None
 
     def close(self) -> None:
         self.raw.close()

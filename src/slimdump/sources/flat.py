@@ -32,7 +32,9 @@ _MAX_OFFSET = 1 << 62
 
 
 class FlatStream:
-    """The file a flattened stream describes, readable like a RawFile.
+    """The file a flattened stream describes, readable like a RawFile
+    (``read_at``, ``read_into``, ``size``, the counts; no ``fd``: nothing
+    may read the stream's bytes as if they were the file's).
 
     ``size`` is the logical file size (the furthest record end);
     ``stream_size`` the stream's; ``complete`` says whether the end marker
@@ -143,6 +145,12 @@ class FlatStream:
                 out[a - offset:b - offset] = self.raw.read_at(at + a - lo, b - a, what=what)
             index += 1
         return bytes(out)
+
+    def read_into(self, offset: int, buf: memoryview, *, what: str = "data") -> None:
+        """:meth:`read_at` of ``len(buf)`` bytes into ``buf``, as
+        :meth:`RawFile.read_into <slimdump.sources.rawfile.RawFile.read_into>`
+        (what :class:`~slimdump.sources.elfcore.ElfCore` reads pages with)."""
+        buf[:] = self.read_at(offset, len(buf), what=what)
 
     def close(self) -> None:
         self.raw.close()

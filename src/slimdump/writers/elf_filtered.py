@@ -226,6 +226,10 @@ def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: by
             planned = plan_loads(loads, nonzero, page_size, nbits)
     else:
         planned = plan_loads(loads, bitmap, page_size, nbits)
+    if not planned:
+        # a dump without memory: one empty PT_LOAD (declaring no byte), as
+        # libkdumpfile opens no ELF core without any ("No content found")
+        planned = [ProgramHeader(PT_LOAD, PF_RWX, 0, 0, 0, 0, 0, 0)]
     phnum = 1 + len(planned)
     extended = phnum >= PN_XNUM
     elf = header.core_like(PN_XNUM if extended else phnum)

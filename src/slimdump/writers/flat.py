@@ -20,7 +20,14 @@ from __future__ import annotations
 import os
 import struct
 
+from slimdump.elf import PN_XNUM, ElfFormatError, ElfHeader, ProgramHeader
 from slimdump.errors import DumpError
+from slimdump.sources.kdump_headers import (
+    DISKDUMP_SIGNATURE,
+    KDUMP_SIGNATURE,
+    DiskDumpHeader,
+    _detect_abi,
+)
 from slimdump.writers.kdump import as_output
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
@@ -37,6 +44,7 @@ RECORD_HEADER = struct.Struct(">qq")
 END_OFFSET = END_SIZE = -1
 MAX_RECORD = 1 << 20        # longer writes are split: bounded buffers for any reader
 COPY_CHUNK = 8 << 20
+HEAD_BYTES = 1 << 16        # the start of the file kept to check what its headers promise
 
 
 def flat_header() -> bytes:
@@ -152,6 +160,7 @@ def reassemble(stream: BinaryIO | int, out: PositionedOutput | int, *,
     if len(head) < FLAT_HEADER_SIZE:
         raise DumpError(name, f"truncated flattened header ({len(head)} bytes)")
     position, end = FLAT_HEADER_SIZE, 0
+    start = bytearray(HEAD_BYTES)               # the file's first bytes, as rearranged
     while True:
         record = _read_exact(stream, RECORD_HEADER.size)
         if len(record) < RECORD_HEADER.size:
@@ -160,6 +169,12 @@ def reassemble(stream: BinaryIO | int, out: PositionedOutput | int, *,
         offset, size = RECORD_HEADER.unpack(record)
         position += RECORD_HEADER.size
         if offset == END_OFFSET and size == END_SIZE:
+            if end == 0:
+                raise DumpError(name, "the flattened stream holds no data: no file to write")
+            promised = promised_size(bytes(start[:min(end, HEAD_BYTES)]), name)
+            if promised is not None and end < promised:
+                raise DumpError(name, f"truncated: the stream describes a file of {end} "
+                                      f"bytes, but the dump's headers promise {promised}")
             return end
         if offset < 0 or size <= 0 or offset + size >= 1 << 63:
             raise DumpError(name, f"flattened record at stream offset {position - 16} claims "
@@ -171,6 +186,42 @@ def reassemble(stream: BinaryIO | int, out: PositionedOutput | int, *,
                 raise DumpError(name, f"truncated: record of {size} bytes at stream offset "
                                       f"{position - 16} ends after {done}")
             target.write(chunk, offset + done)
+            at = offset + done
+            if at < HEAD_BYTES:
+                part = chunk[:HEAD_BYTES - at]
+                start[at:at + len(part)] = part
             done += len(chunk)
         position += size
         end = max(end, offset + size)
+
+
+def promised_size(head: bytes, name: str) -> int | None:
+    """The least size the file starting with ``head`` must have by its own
+    headers: the end of a kdump-compressed file's bitmaps, the end of an ELF
+    file's program headers and segment data; None when ``head`` cannot say
+    (another format, headers beyond ``head``)."""
+    if head[:8] in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE) and len(head) >= 464:
+        try:
+            abi, _machine = _detect_abi(name, head[:1024])
+            hdr = DiskDumpHeader.unpack(head[:1024], abi)
+        except (DumpError, struct.error):
+            return None                 # -R rearranges whatever it is given
+        bs = hdr.block_size
+        if not (1024 <= bs <= 1 << 20 and bs & (bs - 1) == 0):
+            return None
+        return (1 + max(hdr.sub_hdr_size, 0) + max(hdr.bitmap_blocks, 0)) * bs
+    if head[:4] != b"\x7fELF":
+        return None
+    try:
+        elf = ElfHeader.parse(head[:64])
+    except ElfFormatError:
+        return None
+    table_end = elf.e_phoff + elf.e_phnum * elf.phdr_size
+    if elf.e_phnum == PN_XNUM or elf.e_phentsize != elf.phdr_size or table_end > len(head):
+        return None
+    end = table_end
+    for i in range(elf.e_phnum):
+        ph = ProgramHeader.parse(head, elf.e_phoff + i * elf.phdr_size, elf)
+        if ph.p_filesz:
+            end = max(end, ph.p_offset + ph.p_filesz)
+    return end

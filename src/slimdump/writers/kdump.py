@@ -443,6 +443,13 @@ class KdumpWriter:
                     self.out.write(part, base + at)
             if bitmap.nbytes < per_bitmap and not holes:    # pad to whole blocks
                 self.out.write(bytes(per_bitmap - bitmap.nbytes), base + bitmap.nbytes)
+        if holes:
+            # the last byte of the bitmaps, zero or not: a file rebuilt from
+            # the records (-F, then -R) reaches the end its header promises
+            # even when the bitmaps end in zeros and no page follows
+            last = self.bitmap2.read(per_bitmap - 1, 1) if self.bitmap2.nbytes >= per_bitmap \
+                else b"\0"
+            self.out.write(bytes(last), self.desc_offset - 1)
 
     # -- pages -----------------------------------------------------------------
 
