@@ -42,12 +42,14 @@ demo: setup
 	bash scripts/demo.sh $(PY)
 
 # The README's test command, and CI's: builds the default real vmcores that are
-# missing (cached, never rebuilt; about a minute each), then runs every test.
+# missing (cached, never rebuilt; about a minute each) and the 4 GiB guest that
+# test_pageclass reads, then runs every test.
 # SLIMDUMP_REQUIRE_VMCORES=1: a missing oracle, module, extension or fixture
 # fails the run instead of skipping (tests/conftest.py: require).  Any pytest
 # exit status but 0 fails, 5 (no tests collected) included.
 test: setup
 	$(PY) -m tests.lab.vmcorelab build
+	$(PY) -m tests.lab.vmcorelab build 6.1-mce-4g
 	SLIMDUMP_REQUIRE_VMCORES=1 $(PY) -m pytest -q
 
 # For a machine without QEMU: builds nothing; tests whose fixture, oracle or

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             entries[:0] = [corpus.Entry("real-" + corpus.REAL_FIXTURE, [str(vmcore)], "elf",
                                         truth_path=str(vmcore), has_log=True, real=True),
-                           *corpus.makedumpfile_outputs(vmcore, tc.corpus_dir())]
+                           *corpus.makedumpfile_outputs(vmcore, tc.corpus_dir(),
+                                                         tc.tool("makedumpfile"))]
         jobs = [(e, c) for e in entries for c in tc.commands_for(e)]
         workdir = Path(tmp) / "out"
         workdir.mkdir()

@@ -215,10 +215,10 @@ MDF_OUTPUTS: dict[str, list[str]] = {
 }
 
 
-def makedumpfile_outputs(vmcore: Path, cache: Path) -> list[Entry]:
-    """makedumpfile 1.7.2's outputs of ``vmcore``, made once and kept in
-    ``cache`` (keyed by the vmcore's size and mtime)."""
-    mdf = shutil.which("makedumpfile") or "/usr/sbin/makedumpfile"
+def makedumpfile_outputs(vmcore: Path, cache: Path, mdf: str) -> list[Entry]:
+    """makedumpfile 1.7.2's (``mdf``, the program's path) outputs of
+    ``vmcore``, made once and kept in ``cache`` (keyed by the vmcore's size
+    and mtime)."""
     st = vmcore.stat()
     cache = cache / f"{vmcore.stem}-{st.st_size}-{int(st.st_mtime)}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -328,7 +328,10 @@ def build_corpus(outdir: Path, *, real_vmcore: Path | None = None,
     if real_vmcore is not None:
         entries.insert(0, Entry("real-" + real_vmcore.stem, [str(real_vmcore)], "elf",
                                 truth_path=str(real_vmcore), has_log=True, real=True))
-        entries[1:1] = makedumpfile_outputs(real_vmcore, cache or outdir / "mdf")
+        mdf = shutil.which("makedumpfile")
+        if mdf is None:
+            raise FileNotFoundError("makedumpfile is not installed")
+        entries[1:1] = makedumpfile_outputs(real_vmcore, cache or outdir / "mdf", mdf)
     return entries
 
 

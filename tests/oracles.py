@@ -6,11 +6,13 @@ own earlier output.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import run, tool
+from tests.conftest import require_kdumpfile, run, tool
 
 _FIELD = re.compile(r"([A-Za-z_][\w.]*):\s+(-?0x[0-9a-fA-F]+|-?\d+)\b")
 _NOTE_ROW = re.compile(r"^  (\S+)\s+(\d+)\s+(.+)$")
@@ -124,3 +126,23 @@ def held_page(path: Path, pfn: int, page: int = 4096) -> bytes:
                 if not have[lo - base + i]:
                     out[lo - base + i], have[lo - base + i] = byte, True
     return bytes(out)
+
+
+KDUMPFILE_ORACLE = Path(__file__).with_name("kdumpfile_oracle.py")
+
+
+def libkdumpfile_view(path: str | Path, *, memsz: bool = False) -> dict[str, object]:
+    """libkdumpfile's view of ``path`` (tests/kdumpfile_oracle.py run by
+    Debian's /usr/bin/python3): ``{"format", "pages": {pfn: hash},
+    "missing": [[pfn, exception]]}``, or ``{"error": ...}`` when it cannot
+    open the file or crashes."""
+    args = [require_kdumpfile(), str(KDUMPFILE_ORACLE), *(["--memsz"] if memsz else []),
+            str(path)]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    try:
+        result = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {"error": f"oracle crashed (exit {proc.returncode}): {proc.stderr[-300:]}"}
+    if "pages" in result:
+        result["pages"] = {pfn: h for pfn, h in result["pages"]}
+    return result

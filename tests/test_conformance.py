@@ -28,10 +28,8 @@ import pytest
 
 from tests import corpus
 from tests.conftest import real_vmcore, require_kdumpfile, tool
-from tests.oracles import readelf_loads
+from tests.oracles import libkdumpfile_view, readelf_loads
 
-ORACLE = Path(__file__).with_name("kdumpfile_oracle.py")
-SYSTEM_PYTHON = "/usr/bin/python3"
 ZERO_HASH = corpus.page_hash(bytes(corpus.PAGE))
 
 # command -> (slimdump arguments before SRC, writes a dump, keep every page)
@@ -63,20 +61,6 @@ def commands_for(entry: corpus.Entry) -> list[str]:
 # -- the oracle ------------------------------------------------------------------------
 
 
-def oracle(path: str, *, memsz: bool = False) -> dict[str, object]:
-    """libkdumpfile's view of ``path``: {"pages": {pfn: hash}, "missing": ...}
-    or {"error": ...}."""
-    args = [SYSTEM_PYTHON, str(ORACLE), *(["--memsz"] if memsz else []), path]
-    proc = subprocess.run(args, capture_output=True, text=True)
-    try:
-        result = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        return {"error": f"oracle crashed (exit {proc.returncode}): {proc.stderr[-300:]}"}
-    if "pages" in result:
-        result["pages"] = {pfn: h for pfn, h in result["pages"]}
-    return result
-
-
 def rearrange(flat: Path) -> Path:
     """makedumpfile -R: the file a flattened stream describes."""
     out = flat.with_name(flat.name + ".R")
@@ -102,7 +86,7 @@ def input_pages(entry: corpus.Entry) -> dict[int, str] | str:
         if entry.truth_path is None:
             _TRUTH[entry.name] = "no truth for this file"
         else:
-            view = oracle(entry.truth_path, memsz=True)
+            view = libkdumpfile_view(entry.truth_path, memsz=True)
             _TRUTH[entry.name] = view.get("pages") or str(view.get("error", "no pages"))
     return _TRUTH[entry.name]
 
@@ -218,7 +202,7 @@ def check_output(entry: corpus.Entry, out: Path, keep_all: bool, result: Outcome
         result.problems.append("exit 0 but no output written")
         return
     readable = rearrange(out) if is_flat(out) else out
-    view = oracle(str(readable))
+    view = libkdumpfile_view(str(readable))
     result.output_opened = "error" not in view
     truth = input_pages(entry)
     if not result.output_opened and isinstance(truth, str) and truth == view["error"]:
@@ -286,7 +270,8 @@ def entries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, corpus.Entry]
     found["real-" + corpus.REAL_FIXTURE] = corpus.Entry(
         "real-" + corpus.REAL_FIXTURE, [str(vmcore)], "elf", truth_path=str(vmcore),
         has_log=True, real=True)
-    found.update({e.name: e for e in corpus.makedumpfile_outputs(vmcore, corpus_dir())})
+    found.update({e.name: e for e in corpus.makedumpfile_outputs(vmcore, corpus_dir(),
+                                                                 tool("makedumpfile"))})
     return found
 
 
@@ -311,7 +296,7 @@ def test_builder_agrees_with_libkdumpfile(entries: dict[str, corpus.Entry], name
     source = entry.path
     if entry.kind == "flat":
         source = str(rearrange(Path(entry.path)))
-    view = oracle(source)
+    view = libkdumpfile_view(source)
     if not entry.oracle_input:
         assert view.get("pages") != entry.truth or not entry.truth
         return

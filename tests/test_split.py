@@ -23,36 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import real_vmcore, require_kdumpfile, run, slimdump, tool
+from tests.conftest import real_vmcore, run, slimdump, tool
+from tests.oracles import libkdumpfile_view
 
 PAGE = 4096
 
-# Prints {"pages": {pfn: blake2b hex}} for every page libkdumpfile reads from
-# a file: the pfns its file.pagemap marks (a lone --split part marks only
-# its own range).  Runs under Debian's python3; imports nothing of slimdump.
-_LIBKDUMPFILE_PAGES = r"""
-import hashlib, json, sys
-import kdumpfile
-dump = kdumpfile.kdumpfile(sys.argv[1])
-size, max_pfn = dump.attr["arch.page_size"], dump.attr["max_pfn"]
-bits = dump.attr["file.pagemap"].get_bits(0, max_pfn - 1)
-pages = {}
-for i, byte in enumerate(bits):
-    for b in range(8):
-        if byte >> b & 1:
-            pfn = i * 8 + b
-            data = dump.read(kdumpfile.KDUMP_MACHPHYSADDR, pfn * size, size)
-            pages[pfn] = hashlib.blake2b(bytes(data), digest_size=16).hexdigest()
-print(json.dumps({"format": dump.attr["file.format"], "pages": pages}))
-"""
-
-
 def libkdumpfile_pages(path: Path) -> dict[int, str]:
     """pfn -> hash of every page libkdumpfile reads from ``path``."""
-    out = run(require_kdumpfile(), "-c", _LIBKDUMPFILE_PAGES, path).stdout
-    result = json.loads(out)
-    assert result["format"] == "diskdump"
-    return {int(pfn): digest for pfn, digest in result["pages"].items()}
+    result = libkdumpfile_view(path)
+    assert result.get("format") == "diskdump", result.get("error")
+    assert not result["missing"]
+    return dict(result["pages"])
 
 
 def slimdump_pages(paths: list[Path]) -> dict[int, str]:
