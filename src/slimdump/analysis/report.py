@@ -208,18 +208,8 @@ def render(facts: dict[str, Any], *, all_vmcoreinfo: bool = False) -> str:
     """The text ``inspect`` prints."""
     out: list[str] = []
     add = out.append
-    reason = facts["nocoredump"]
-    if reason:
-        add(reason["headline"])
-        add(reason["reason_line"])
-        if reason["message"]:
-            add(reason["message"])
-        add("")
+    _render_reason(facts, add)
     triage = facts["triage"]
-    if not reason and triage.get("reason"):
-        add(f"Hardware crash found in the kernel log: {triage['reason']} "
-            f"({headline(triage['reason']).split('. No coredump')[0]}.)")
-        add("")
     f = facts["file"]
     add(f"File:         {f['path']}")
     add(f"Dump:         {f['kind']}, {f['class']} {f['machine']} {f['byte_order']}, "
@@ -273,6 +263,32 @@ def render(facts: dict[str, Any], *, all_vmcoreinfo: bool = False) -> str:
         add(f"Kernel log (last {len(shown)} of {log['lines']} lines, from {log['source']}):")
         out.extend("  " + line for line in shown)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def render_verdict(facts: dict[str, Any]) -> str:
+    """What a debugger says on opening a slimdump (the drgn plugin): the
+    headline and reason lines ``inspect`` starts with, then the decoded
+    hardware errors, so that both tools word a crash the same way."""
+    out: list[str] = []
+    _render_reason(facts, out.append)
+    _render_hardware_errors(facts["triage"].get("hardware_errors") or [], out.append)
+    return "\n".join(out).rstrip("\n") + "\n" if out else ""
+
+
+def _render_reason(facts: dict[str, Any], add: Any) -> None:
+    """The protocol's headline, ``Nocoredump Reason: CODE`` and the kernel's
+    words; without a note, the hardware crash the kernel log shows."""
+    reason, triage = facts["nocoredump"], facts["triage"]
+    if reason:
+        add(reason["headline"])
+        add(reason["reason_line"])
+        if reason["message"]:
+            add(reason["message"])
+        add("")
+    elif triage.get("reason"):
+        add(f"Hardware crash found in the kernel log: {triage['reason']} "
+            f"({headline(triage['reason']).split('. No coredump')[0]}.)")
+        add("")
 
 
 def _hex_or_dash(value: Any) -> str:
