@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL {entry.name} ({' '.join(entry.paths)}) {o.command}: "
               + "; ".join(o.problems))
     written = [o for o in outcomes if o.output_opened is not None]
+    for o in written:
+        if o.oracle_blind or not o.output_opened:
+            print(f"{'blind' if o.oracle_blind else 'not opened'}: {o.entry} {o.command}")
     kinds: dict[str, int] = {}
     for e in entries:
         kinds[e.kind] = kinds.get(e.kind, 0) + 1

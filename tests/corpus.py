@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -175,6 +176,31 @@ def kdump_specs() -> dict[str, kb.KdumpSpec]:
 # -- files slimdump must refuse ---------------------------------------------------------
 
 
+def xen_elf_xc_core() -> bytes:
+    """The skeleton of Xen's ELF-format xc_core (Xen's
+    docs/misc/dump-core-format.txt): an ELF64 ET_CORE with no program
+    headers and the sections .note.Xen, .xen_prstatus, .xen_shared_info,
+    .xen_pages and .xen_p2m (empty here: only the layout is refused)."""
+    names = [b"", b".shstrtab", b".note.Xen", b".xen_prstatus", b".xen_shared_info",
+             b".xen_pages", b".xen_p2m"]
+    strtab = b"\0".join(names) + b"\0"
+    offsets = [strtab.index(n + b"\0") if n else 0 for n in names]
+    shoff = 64 + len(strtab) + (-len(strtab) % 8)
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    header = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64,
+                                 len(names), 1)
+    sections = b""
+    for i, off in enumerate(offsets):
+        if i == 0:
+            sections += bytes(64)
+        elif i == 1:       # SHT_STRTAB
+            sections += struct.pack("<IIQQQQIIQQ", off, 3, 0, 0, 64, len(strtab), 0, 0, 1, 0)
+        else:              # SHT_PROGBITS / SHT_NOTE, no data
+            sections += struct.pack("<IIQQQQIIQQ", off, 7 if i == 2 else 1, 0, 0, shoff, 0,
+                                    0, 0, 8, 0)
+    return header + strtab.ljust(shoff - 64, b"\0") + sections
+
+
 def refused_files(good_kdump: bytes, good_elf: bytes) -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, a word the refusal must contain)."""
     lkcd = (0xA8190173618F23ED).to_bytes(8, "little") + (9).to_bytes(4, "little")
@@ -184,6 +210,7 @@ def refused_files(good_kdump: bytes, good_elf: bytes) -> dict[str, tuple[bytes, 
         "lkcd-be": ((0xA8190173618F23ED).to_bytes(8, "big").ljust(8192, b"\0"), "LKCD"),
         "sadump": ((b"sadump\0\0" + bytes(4)).ljust(8192, b"\0"), "sadump"),
         "xen-xc-core": ((0xF00FEBED).to_bytes(4, "little").ljust(8192, b"\0"), "Xen"),
+        "xen-elf-xc-core": (xen_elf_xc_core(), "Xen"),
         "garbage": (b"\x13\x37" * 4096, "unknown"),
         "kdump-trunc-header": (good_kdump[:300], ""),
         "kdump-trunc-bitmap": (good_kdump[:PAGE * 3 + 100], ""),

@@ -127,8 +127,12 @@ class Outcome:
 
 def oracle_blind_layout(path: Path) -> bool:
     """A kdump file (v6+) of a 32-bit machine other than i386: libkdumpfile
-    0.5.1 reads its sub header in the i386 layout (later releases know the
-    ARM/PPC one, kdump-formats.md 2.3), so it is no oracle for it."""
+    0.5.1 tells the two 32-bit sub header layouts (kdump-formats.md 2.3:
+    i386 packs 64-bit fields on 4 bytes, ARM/PPC pad them to 8) apart by a
+    guess from offset_vmcoreinfo read at the i386 offset, and guesses i386
+    for these files (it then reads max_pfn 0), so it is no oracle for them;
+    the same pages written at version 5 or in the i386 layout read back
+    right."""
     with open(path, "rb") as f:
         head = f.read(12 + 6 * 65)
     if head[:8] != b"KDUMP   " or len(head) < 12 + 5 * 65:

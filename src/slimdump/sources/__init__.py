@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from slimdump.errors import DumpError
 from slimdump.sources.base import DumpSource, Segment
-from slimdump.sources.elfcore import ElfCore
+from slimdump.sources.elfcore import NOT_READ, ElfCore
 from slimdump.sources.rawfile import RawFile
 
 __all__ = ["DumpSource", "ElfCore", "Segment", "open_dump"]
@@ -63,8 +63,7 @@ def open_dump(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
             raise DumpError(path, "file is empty")
         for signature, name in _FOREIGN_SIGNATURES:
             if magic.startswith(signature):
-                raise DumpError(path, f"{name}: slimdump reads ELF vmcores, kdump-compressed "
-                                      "and flattened files only")
+                raise DumpError(path, f"{name}: {NOT_READ}")
         raise DumpError(path, f"not a crash dump: unknown format (first bytes {magic[:8].hex()})")
     except BaseException:
         raw.close()

@@ -29,6 +29,13 @@ _ET_NAMES = {0: "no file type", 1: "relocatable object", 2: "executable",
              3: "shared object", 4: "core"}
 # A note segment larger than this is not something a kernel writes.
 MAX_NOTE_SEGMENT = 256 << 20
+# Xen's ELF xc_core (docs/misc/dump-core-format.txt in Xen): sections
+# .note.Xen, .xen_prstatus, .xen_pages, ..., and no program headers
+XEN_SECTION_PREFIX = ".xen_"
+MAX_SECTIONS = 1024
+MAX_SECTION_NAMES = 1 << 16
+#: the end of every refusal of a dump format slimdump does not read
+NOT_READ = "slimdump reads ELF vmcores, kdump-compressed and flattened files only"
 
 
 class ElfCore(DumpSource):
@@ -59,6 +66,10 @@ class ElfCore(DumpSource):
 
     def _read_program_headers(self) -> list[ProgramHeader]:
         hdr = self.header
+        if hdr.e_phnum == 0:
+            if XEN_SECTION_PREFIX in self._section_names():
+                raise DumpError(self.path, f"a Xen xc_core dump (ELF format): {NOT_READ}")
+            raise DumpError(self.path, "core file has no program headers")
         if hdr.e_phentsize != hdr.phdr_size:
             raise DumpError(self.path, f"program header size {hdr.e_phentsize} is wrong for "
                                        f"{hdr.class_name} (expected {hdr.phdr_size})")
@@ -74,6 +85,24 @@ class ElfCore(DumpSource):
                                        f"({self.size} bytes)")
         data = self.raw.read_at(hdr.e_phoff, table, what="program headers")
         return [ProgramHeader.parse(data, i * hdr.phdr_size, hdr) for i in range(phnum)]
+
+    def _section_names(self) -> str:
+        """The section header string table's text ("" when there is none
+        or it is not sane): Linux's cores have no sections; Xen's ELF
+        xc_core has sections and no program headers."""
+        hdr = self.header
+        shsize = 64 if hdr.elf64 else 40
+        if (hdr.e_shoff == 0 or hdr.e_shentsize != shsize or not 0 < hdr.e_shstrndx
+                < hdr.e_shnum <= MAX_SECTIONS
+                or hdr.e_shoff + hdr.e_shnum * shsize > self.size):
+            return ""
+        sh = self.raw.read_at(hdr.e_shoff + hdr.e_shstrndx * shsize, shsize,
+                              what="section header string table header")
+        offset, size = struct.unpack_from(hdr.endian + ("QQ" if hdr.elf64 else "II"), sh,
+                                          24 if hdr.elf64 else 16)
+        if size > MAX_SECTION_NAMES or offset + size > self.size:
+            return ""
+        return self.raw.read_at(offset, size, what="section names").decode("latin-1")
 
     def _extended_phnum(self) -> int:
         """e_phnum == PN_XNUM: the real count is sh_info of section header 0
