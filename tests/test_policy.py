@@ -8,6 +8,7 @@ import pytest
 
 from slimdump.errors import DumpError
 from slimdump.policy import Policy
+from tests.conftest import slimdump
 
 
 def test_defaults() -> None:
@@ -34,6 +35,9 @@ def test_file_overrides_only_what_it_names(tmp_path: Path) -> None:
     ('[actions]\nPANIC_MCE = "nothing"\n', "action for PANIC_MCE is 'nothing'"),
     ("[actions\n", "invalid TOML"),
     ('[rules]\nPANIC_MCE = "slim"\n', "a policy has one table, [actions]; found rules"),
+    # a slimdump's NT_NOCOREDUMP note needs a hardware reason (nocoredump-note.md)
+    ('[actions]\nsoftware = "slim"\n', "action for software is 'slim'"),
+    ('[actions]\nsoftware = "dmesg"\n', "action for software is 'dmesg'"),
 ])
 def test_bad_policy(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "p.toml"
@@ -45,3 +49,19 @@ def test_bad_policy(tmp_path: Path, text: str, problem: str) -> None:
 def test_missing_policy_file(tmp_path: Path) -> None:
     with pytest.raises(DumpError, match="cannot read policy"):
         Policy.load(str(tmp_path / "none.toml"))
+
+
+def test_software_slim_is_one_line_from_capture(tmp_path: Path) -> None:
+    """The command line says so in one line (it ended in an AssertionError
+    traceback when a software crash reached the slimdump writer)."""
+    from tests.synthcore import sample_x86_64_core
+
+    core = tmp_path / "vmcore"
+    core.write_bytes(sample_x86_64_core())
+    policy = tmp_path / "p.toml"
+    policy.write_text('[actions]\nsoftware = "slim"\n')
+    res = slimdump("capture", "--policy", policy, core, tmp_path / "out")
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert str(policy) in res.stderr and "software" in res.stderr
+    assert not (tmp_path / "out").exists()

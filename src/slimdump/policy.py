@@ -81,6 +81,12 @@ class Policy:
             if value not in ACTIONS:
                 raise DumpError(path, f"action for {key} is {value!r}; use one of "
                                       + ", ".join(ACTIONS))
+            if key == "software" and value in (SLIM, DMESG):
+                # a slimdump says why there is no memory: its NT_NOCOREDUMP
+                # note needs a hardware reason, which a software crash lacks
+                raise DumpError(path, f"action for software is {value!r}; a software crash "
+                                      "has no hardware reason for a slimdump: use normal "
+                                      "or full")
             if key in _SPECIAL:
                 special[key] = value
             else:
