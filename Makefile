@@ -5,7 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile crash \
                 elfutils binutils zstd python3-libkdumpfile \
-                liblzo2-dev zlib1g-dev gcc
+                liblzo2-dev zlib1g-dev gcc \
+                linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev \
+                xz-utils git
 
 .PHONY: apt setup demo test test-quick lint fixtures bench clean
 
@@ -42,14 +44,19 @@ demo: setup
 	bash scripts/demo.sh $(PY)
 
 # The README's test command, and CI's: builds the default real vmcores that are
-# missing (cached, never rebuilt; about a minute each) and the 4 GiB guest that
-# test_pageclass reads, then runs every test.
+# missing (cached, never rebuilt; about a minute each), the 4 GiB guest that
+# test_pageclass reads and the fixtures of the patched kernel that
+# test_kernel_note reads (the kernel itself first: about 12 minutes once, from
+# Debian's linux-source and kernel/patches; tests/lab/kbuild.py), then runs
+# every test.
 # SLIMDUMP_REQUIRE_VMCORES=1: a missing oracle, module, extension or fixture
 # fails the run instead of skipping (tests/conftest.py: require).  Any pytest
 # exit status but 0 fails, 5 (no tests collected) included.
 test: setup
 	$(PY) -m tests.lab.vmcorelab build
 	$(PY) -m tests.lab.vmcorelab build 6.1-mce-4g
+	$(PY) -m tests.lab.vmcorelab build 6.1p-mce 6.1p-mce-kexec-file 6.1p-nmi 6.1p-sysrq \
+	  6.1p-mce-nocoredump-off
 	SLIMDUMP_REQUIRE_VMCORES=1 $(PY) -m pytest -q
 
 # For a machine without QEMU: builds nothing; tests whose fixture, oracle or

@@ -13,8 +13,13 @@ one of four ways:
 The capture kernel copies /proc/vmcore onto a raw virtio disk and powers off;
 the host cuts the disk back to the ELF's size and keeps it sparse.
 
+The ``6.1p-*`` fixtures crash instead the kernel/patches series' kernel, built
+once from Debian's linux-source by tests/lab/kbuild.py (about 12 minutes); it
+has everything the guest needs built in, so its initramfs loads no module.
+
 Cache: $SLIMDUMP_LAB_CACHE, default ~/.cache/slimdump-lab.
   kernels/<package>/                unpacked linux-image-*-amd64-unsigned packages
+  kernels/patched-<series>-<key>/   the patched kernel's bzImage, config, System.map
   vmcores/<fixture>.vmcore          the dump (sparse)
   vmcores/<fixture>.vmcore.json     how it was made, the panic line to expect
   vmcores/<fixture>.vmcore.console.log   both kernels' serial console
@@ -140,6 +145,9 @@ class FixtureSpec:
     timeout_s: int = DEFAULT_TIMEOUT_S
     mce_cpu: int = 0  # mce mode only
     mce_addr: int = MCE_ADDR  # mce mode only
+    patched: bool = False  # the series' kernel built by tests/lab/kbuild.py, not Debian's
+    kexec: str = "-p"  # how the first kernel loads the capture kernel ("-s -p": kexec_file_load)
+    append: str = ""  # extra first-kernel command line
 
 
 FIXTURES: dict[str, FixtureSpec] = {
@@ -154,6 +162,13 @@ FIXTURES: dict[str, FixtureSpec] = {
     "6.1-mce-4g": FixtureSpec("6.1", "mce", mem_mib=4096, crashkernel_mib=256, timeout_s=1800),
     "6.1-sysrq-4g": FixtureSpec("6.1", "sysrq", mem_mib=4096, crashkernel_mib=256,
                                 timeout_s=1800),
+    # the kernel/patches series, built from Debian's linux-source (tests/lab/kbuild.py)
+    "6.1p-mce": FixtureSpec("6.1", "mce", patched=True),
+    "6.1p-mce-kexec-file": FixtureSpec("6.1", "mce", patched=True, kexec="-s -p"),
+    "6.1p-nmi": FixtureSpec("6.1", "nmi", patched=True),
+    "6.1p-sysrq": FixtureSpec("6.1", "sysrq", patched=True),
+    "6.1p-mce-nocoredump-off": FixtureSpec("6.1", "mce", patched=True,
+                                           append="nocoredump=off"),
 }
 
 DEFAULT_FIXTURES: tuple[str, ...] = (
@@ -164,6 +179,9 @@ DEFAULT_FIXTURES: tuple[str, ...] = (
     "6.1-nmi",
     "6.1-oom",
 )
+
+#: the fixtures on the patched kernel (its first build takes about 12 minutes)
+PATCHED_FIXTURES: tuple[str, ...] = tuple(n for n, s in FIXTURES.items() if s.patched)
 
 Log = Callable[[str], None]
 
@@ -200,9 +218,21 @@ def _sidecar(vmcore: Path, suffix: str) -> Path:
 
 
 def is_built(name: str) -> bool:
-    """True if fixture ``name`` is complete in the cache (vmcore and its JSON)."""
+    """True if fixture ``name`` is complete in the cache (vmcore and its JSON).
+
+    A patched-kernel fixture also needs to come from the kernel the current
+    patches and lab.config build (tests/lab/kbuild.py's cache key): after a
+    change to the series it is stale, and rebuilt."""
     path = fixture_path(name)
-    return path.is_file() and _sidecar(path, ".json").is_file()
+    if not (path.is_file() and _sidecar(path, ".json").is_file()):
+        return False
+    spec = _spec(name)
+    if not spec.patched:
+        return True
+    from tests.lab import kbuild  # it imports this module
+
+    recorded = json.loads(_sidecar(path, ".json").read_text()).get("kernel_build")
+    return recorded == kbuild.current_build_name(spec.series)
 
 
 def metadata(name: str) -> dict[str, Any]:
@@ -247,8 +277,13 @@ def _root_prefix() -> list[str]:
 
 
 def setup(log: Log = eprint) -> None:
-    """Install the missing Debian packages; ``apt-get update`` only if apt lacks them."""
-    packages = sorted({p for t, p in TOOLS.items() if p})
+    """Install the missing Debian packages; ``apt-get update`` only if apt lacks them.
+
+    The patched kernel's source and build tools (tests/lab/kbuild.py) included."""
+    from tests.lab import kbuild  # it imports this module
+
+    packages = sorted({p for t, p in TOOLS.items() if p} | set(kbuild.BUILD_PACKAGES)
+                      | {kbuild.source_package("6.1")})
     missing = []
     for pkg in packages:
         q = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True,
@@ -280,12 +315,13 @@ def setup(log: Log = eprint) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    """An unpacked Debian kernel package."""
+    """An unpacked Debian kernel package, or the lab's patched build (tests/lab/kbuild.py)."""
 
     package: str
     root: Path
     vmlinuz: Path
     release: str  # uname -r, e.g. 6.1.0-56-amd64
+    modular: bool = True  # False: everything the lab needs is built in, load no module
 
 
 def _kernel_regex(series: str) -> re.Pattern[str]:
@@ -351,6 +387,15 @@ def fetch_kernel(series: str, log: Log = eprint) -> Kernel:
     return Kernel(pkg, root, vmlinuz[0], release)
 
 
+def kernel_for(spec: FixtureSpec, log: Log = eprint) -> Kernel:
+    """Debian's kernel of the spec's series, or the patched build of it."""
+    if spec.patched:
+        from tests.lab import kbuild  # it imports this module
+
+        return kbuild.build_patched_kernel(spec.series, log)
+    return fetch_kernel(spec.series, log)
+
+
 # --------------------------------------------------------------------------- initramfs
 
 #: modules the lab loads (with their dependencies) unless built in
@@ -372,10 +417,11 @@ if grep -q lab_capture /proc/cmdline; then
   cat /proc/vmcore > /dev/vda || echo LAB-CAPTURE-COPY-FAILED
   sync; echo LAB-CAPTURE-DONE; poweroff -f
 fi
-kexec -p /capture/vmlinuz --initrd=/capture/initrd.img \
+kexec @KEXEC@ /capture/vmlinuz --initrd=/capture/initrd.img \
   --append="console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1 quiet lab_capture" \
   || echo LAB-KEXEC-FAILED
 echo "LAB-KEXEC-LOADED $(cat /sys/kernel/kexec_crash_loaded)"
+echo "LAB-CRASH-NOTES-SIZE $(cat /sys/devices/system/cpu/cpu0/crash_notes_size)"
 echo "lab marker: first kernel, mode @MODE@" > /dev/kmsg
 @TRIGGER@
 sleep 60
@@ -388,8 +434,11 @@ def _module_plan(kernel: Kernel, modules: Sequence[str] = MODULES) -> list[tuple
 
     Debian's package ships no modules.dep (depmod runs at install time), so
     dependencies come from each module's own ``.modinfo`` ``depends=`` field.
-    Modules built into the kernel (modules.builtin) are skipped.
+    Modules built into the kernel (modules.builtin) are skipped; a kernel
+    built with everything in (``modular=False``) gets none.
     """
+    if not kernel.modular:
+        return []
     mdir = kernel.root / "lib" / "modules" / kernel.release
 
     def name(path: str) -> str:
@@ -452,11 +501,12 @@ def _cpio(tree: Path, out: Path) -> None:
 
 def build_initramfs(kernel: Kernel, mode: str, work: Path, *,
                     modules: Sequence[str] = MODULES, init_text: str = INIT,
-                    extra_files: dict[str, str] | None = None) -> Path:
+                    extra_files: dict[str, str] | None = None, kexec: str = "-p") -> Path:
     """Write work/initrd.img (first kernel) holding work/capture.img (capture kernel).
 
     ``modules``, ``init_text`` and ``extra_files`` (path in the tree -> text,
     made executable) are for run_collector; the fixtures use the defaults.
+    ``kexec``: the options loading the capture kernel (``-s -p``: kexec_file_load).
     """
     tree = work / "root"
     for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "mnt", "lib/modules", "capture"):
@@ -468,7 +518,8 @@ def build_initramfs(kernel: Kernel, mode: str, work: Path, *,
         (tree / "lib" / "modules" / f"{name}.ko").write_bytes(blob)
     (tree / "lib" / "modules" / "order").write_text("".join(f"{n}\n" for n, _ in plan))
     init = tree / "init"
-    init.write_text(init_text.replace("@MODE@", mode).replace("@TRIGGER@", MODES[mode].trigger))
+    init.write_text(init_text.replace("@MODE@", mode).replace("@TRIGGER@", MODES[mode].trigger)
+                    .replace("@KEXEC@", kexec))
     init.chmod(0o755)
     for rel, text in (extra_files or {}).items():
         extra = tree / rel
@@ -543,7 +594,8 @@ def _run_qemu(kernel: Kernel, initrd: Path, spec: FixtureSpec, work: Path, conso
             f.truncate((spec.mem_mib + 256) << 20)
     markers = {**_FAIL_MARKERS, **(fail_markers or {})}
     mon = work / "qmp.sock"
-    append = f"console=ttyS0 crashkernel={spec.crashkernel_mib}M panic=1 {mode.append}".strip()
+    append = " ".join(x for x in (f"console=ttyS0 crashkernel={spec.crashkernel_mib}M panic=1",
+                                  mode.append, spec.append) if x)
     cmd = [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max",
         "-m", str(spec.mem_mib), "-smp", str(spec.cpus),
@@ -679,12 +731,12 @@ def build_vmcore(spec: FixtureSpec, out: Path, *, name: str | None = None,
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    kernel = fetch_kernel(spec.series, log)
+    kernel = kernel_for(spec, log)
     failed_log = _sidecar(out, ".failed.console.log")
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         log(f"building initramfs for {kernel.release}")
-        initrd = build_initramfs(kernel, spec.mode, work)
+        initrd = build_initramfs(kernel, spec.mode, work, kexec=spec.kexec)
         console = work / "console.log"
         try:
             seconds = _run_qemu(kernel, initrd, spec, work, console, log)
@@ -698,6 +750,7 @@ def build_vmcore(spec: FixtureSpec, out: Path, *, name: str | None = None,
         m = re.search(rb"LAB-CAPTURE: vmcore (\d+) bytes", console.read_bytes())
         if m and int(m[1]) != size:
             raise LabError(f"ELF size {size} differs from /proc/vmcore's {int(m[1])}")
+        notes_size = re.search(rb"LAB-CRASH-NOTES-SIZE (\d+)", console.read_bytes())
         os.truncate(disk, size)
         vmcore = work / "out.vmcore"
         _run(["cp", "--sparse=always", disk, vmcore])
@@ -706,6 +759,7 @@ def build_vmcore(spec: FixtureSpec, out: Path, *, name: str | None = None,
             "fixture": name,
             "kernel_package": kernel.package,
             "kernel_release": kernel.release,
+            "kernel_build": kernel.root.name if spec.patched else None,
             "kernel_series": spec.series,
             "mode": spec.mode,
             "mem_mib": spec.mem_mib,
@@ -715,6 +769,11 @@ def build_vmcore(spec: FixtureSpec, out: Path, *, name: str | None = None,
             "seconds": round(seconds, 1),
             "build_seconds": round(time.monotonic() - started, 1),
             "panic_contains": MODES[spec.mode].panic_contains,
+            "patched": spec.patched,
+            "kexec": f"kexec {spec.kexec}",
+            "append": spec.append,
+            # sysfs crash_notes_size: the per-CPU note buffer kexec -p sizes PT_NOTEs by
+            "crash_notes_size": int(notes_size[1]) if notes_size else None,
             "qemu": _qemu_version(),
             "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
@@ -790,7 +849,7 @@ COLLECT_CONSOLE = "console.log"
 
 _P9 = "trans=virtio,version=9p2000.L,msize=262144"
 
-_CAPTURE_BLOCK = INIT[INIT.index("if grep -q lab_capture"):INIT.index("kexec -p ")]
+_CAPTURE_BLOCK = INIT[INIT.index("if grep -q lab_capture"):INIT.index("kexec @KEXEC@ ")]
 
 _COLLECT_BLOCK = rf"""if grep -q lab_capture /proc/cmdline; then
   if [ ! -e /proc/vmcore ]; then echo LAB-CAPTURE-NO-VMCORE; poweroff -f; fi
@@ -858,7 +917,8 @@ def _collect_script(command: Sequence[str]) -> str:
 
 def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, *,
                   mem_mib: int = DEFAULT_MEM_MIB, cpus: int = DEFAULT_CPUS,
-                  timeout_s: int = DEFAULT_TIMEOUT_S, log: Log = eprint) -> CollectorResult:
+                  timeout_s: int = DEFAULT_TIMEOUT_S, patched: bool = False,
+                  kexec: str = "-p", log: Log = eprint) -> CollectorResult:
     """Crash a kernel as the fixtures do, then run ``command`` in the capture kernel.
 
     The capture kernel mounts the host's / read-only over 9p under a tmpfs
@@ -867,6 +927,7 @@ def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, 
     ``{vmcore}`` is /proc/vmcore and ``{out}`` a writable 9p share of OUTDIR.
     OUTDIR gets collector.stdout, collector.stderr, collector.status (the exit
     status) and console.log.  Raises LabError if the command could not be run.
+    ``patched``, ``kexec``: as in FixtureSpec.
     """
     if mode not in MODES:
         raise LabError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -882,14 +943,16 @@ def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, 
         with contextlib.suppress(FileNotFoundError):
             (outdir / name).unlink()
     spec = FixtureSpec(series, mode, mem_mib=mem_mib, cpus=cpus,
-                       crashkernel_mib=COLLECT_CRASHKERNEL_MIB, timeout_s=timeout_s)
-    kernel = fetch_kernel(series, log)
+                       crashkernel_mib=COLLECT_CRASHKERNEL_MIB, timeout_s=timeout_s,
+                       patched=patched, kexec=kexec)
+    kernel = kernel_for(spec, log)
     console = outdir / COLLECT_CONSOLE
     with tempfile.TemporaryDirectory(prefix="vmcorelab-collect-") as tmp:
         work = Path(tmp)
         initrd = build_initramfs(kernel, mode, work, modules=COLLECT_MODULES,
                                  init_text=COLLECT_INIT,
-                                 extra_files={"collect.sh": _collect_script(command)})
+                                 extra_files={"collect.sh": _collect_script(command)},
+                                 kexec=kexec)
         extra = [
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
                        "multidevs=remap",
@@ -942,7 +1005,7 @@ def _cmd_list(_: argparse.Namespace) -> int:
             state = f"built  {_mb(size):>7} ({_mb(used)} on disk)  {pkg}"
         else:
             state = "-"
-        print(f"{name:11} {tag:7} {shape}  {state}")
+        print(f"{name:23} {tag:7} {shape}  {state}")
     return 0
 
 
@@ -956,13 +1019,13 @@ def _cmd_build(a: argparse.Namespace) -> int:
         try:
             path = ensure(name, force=a.force)
         except LabError as exc:
-            print(f"{name:11} FAILED: {exc}", flush=True)
+            print(f"{name:23} FAILED: {exc}", flush=True)
             failed.append(name)
             continue
         meta = metadata(name)
         size, used = _sizes(path)
         how = "cached" if cached else f"built in {meta['seconds']:.0f} s"
-        print(f"{name:11} {how:16} {_mb(size):>7} ({_mb(used)} on disk)  "
+        print(f"{name:23} {how:16} {_mb(size):>7} ({_mb(used)} on disk)  "
               f"{meta['kernel_package']}  {path}", flush=True)
     if failed:
         raise LabError(f"{len(failed)} of {len(names)} failed: {', '.join(failed)}")
@@ -983,7 +1046,8 @@ def _cmd_make(a: argparse.Namespace) -> int:
         series=a.kernel, mode=a.mode, mem_mib=a.mem, cpus=a.cpus,
         crashkernel_mib=a.crashkernel or (256 if big else DEFAULT_CRASHKERNEL_MIB),
         timeout_s=a.timeout or (1800 if big else DEFAULT_TIMEOUT_S),
-        mce_cpu=a.mce_cpu, mce_addr=a.mce_addr,
+        mce_cpu=a.mce_cpu, mce_addr=a.mce_addr, patched=a.patched,
+        kexec="-s -p" if a.kexec_file else "-p", append=a.append,
     )
     out = Path(a.out)
     meta = build_vmcore(spec, out, log=eprint)
@@ -998,7 +1062,8 @@ def _cmd_collect(a: argparse.Namespace) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     r = run_collector(a.kernel, a.mode, command, Path(a.out), mem_mib=a.mem, cpus=a.cpus,
-                      timeout_s=a.timeout)
+                      timeout_s=a.timeout, patched=a.patched,
+                      kexec="-s -p" if a.kexec_file else "-p")
     print(f"exit {r.returncode}, {r.seconds:.0f} s; stdout {r.stdout}, stderr {r.stderr}, "
           f"console {r.console_log}")
     return 0 if r.returncode == 0 else 1
@@ -1008,8 +1073,10 @@ def _epilog() -> str:
     rows = ["fixtures (name: kernel series, mode, guest memory, CPUs, crashkernel):"]
     for name, s in FIXTURES.items():
         tag = "default" if name in DEFAULT_FIXTURES else "extra"
-        rows.append(f"  {name:11} {s.series:4} {s.mode:5} {s.mem_mib:4} MiB  {s.cpus} CPUs  "
-                    f"crashkernel={s.crashkernel_mib}M  [{tag}]")
+        how = (" patched kernel, kexec " + s.kexec + (f", {s.append}" if s.append else "")
+               if s.patched else "")
+        rows.append(f"  {name:23} {s.series:4} {s.mode:5} {s.mem_mib:4} MiB  {s.cpus} CPUs  "
+                    f"crashkernel={s.crashkernel_mib}M  [{tag}]{how}")
     rows += [
         "",
         "examples:",
@@ -1054,6 +1121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--timeout", type=int, metavar="S",
                    help="give up after S seconds (default 600, 1800 above 2 GiB)")
     m.add_argument("--out", required=True, metavar="FILE")
+    m.add_argument("--append", default="", metavar="ARGS", help="extra kernel command line")
     m.set_defaults(fn=_cmd_make)
     c = sub.add_parser("collect", help="crash a kernel, run COMMAND in its capture kernel "
                        "({vmcore}: /proc/vmcore, {out}: OUT)")
@@ -1065,6 +1133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--out", required=True, metavar="DIR",
                    help="host directory shared writable as {out}")
     c.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    for sp in (m, c):
+        sp.add_argument("--patched", action="store_true",
+                        help="the kernel/patches series' kernel (tests/lab/kbuild.py)")
+        sp.add_argument("--kexec-file", action="store_true",
+                        help="load the capture kernel with kexec -s -p (kexec_file_load)")
     c.set_defaults(fn=_cmd_collect)
     a = ap.parse_args(argv)
     try:
