@@ -32,7 +32,8 @@ HEADLINE = {
     "PANIC_NMI": "System crashed due to an unrecoverable NMI, likely hardware. "
                  "No coredump available.",
 }
-CODE = {"6.1-mce": "PANIC_MCE", "6.1-nmi": "PANIC_NMI"}
+CODE = {"6.1-mce": "PANIC_MCE", "6.1-nmi": "PANIC_NMI",
+        "6.1p-mce": "PANIC_MCE", "6.1p-nmi": "PANIC_NMI"}
 # what the kernel logs before an NMI panic (nocoredump-note.md, "Detection")
 NMI_LOG_LINE = "NMI received for unknown reason"
 
@@ -53,8 +54,9 @@ def make_slimdump(name: str, path: str, out: Path) -> Path:
     """A slimdump of fixture ``name`` as a user makes one.  ``log``: capture
     finds the hardware crash in the kernel log (stock kernels).  ``note``:
     ``slimdump mark`` first adds the NT_NOCOREDUMP note a patched kernel
-    writes (the 2011 chain's kernel; until such a kernel is in the lab this
-    simulates it), then capture trusts the note and reads no memory."""
+    writes (simulating the 2011 chain's kernel), then capture trusts the
+    note and reads no memory.  ``kernel``: the lab's patched kernel
+    (kernel/patches) wrote the note itself; capture trusts it."""
     src = real_vmcore(name)
     slim = out / f"{name}-{path}.slim"
     if path == "note":
@@ -72,7 +74,8 @@ def make_slimdump(name: str, path: str, out: Path) -> Path:
 
 @pytest.mark.vmcore
 @pytest.mark.parametrize(("name", "path"), [("6.1-mce", "log"), ("6.1-mce", "note"),
-                                            ("6.1-nmi", "log"), ("6.1-nmi", "note")])
+                                            ("6.1-nmi", "log"), ("6.1-nmi", "note"),
+                                            ("6.1p-mce", "kernel"), ("6.1p-nmi", "kernel")])
 def test_drgn_c_prints_headline_and_reason(name: str, path: str, tmp_path: Path) -> None:
     slim = make_slimdump(name, path, tmp_path)
     res = drgn_cli("-c", slim, "-e", "print('script ran')")
