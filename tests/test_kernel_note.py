@@ -184,16 +184,18 @@ def test_capture_of_saved_vmcore(name: str, tmp_path: Path) -> None:
 # -- slimdump where it runs: inside the patched capture kernel ----------------------
 
 
-@pytest.mark.parametrize("kexec", ["-p", "-s -p"])
-def test_slim_capture_in_patched_capture_kernel(kexec: str, tmp_path: Path) -> None:
-    """The patched kernel crashed by a machine check, its capture kernel
-    loaded by kexec_load or kexec_file_load; in the capture kernel, readelf
-    and eu-readelf look at the real /proc/vmcore and slimdump captures it."""
+@pytest.mark.parametrize(("mode", "kexec"), [("mce", "-p"), ("mce", "-s -p"), ("nmi", "-p")])
+def test_slim_capture_in_patched_capture_kernel(mode: str, kexec: str, tmp_path: Path) -> None:
+    """The patched kernel crashed by a machine check (capture kernel loaded
+    by kexec_load or kexec_file_load) or an unknown NMI; in the capture
+    kernel, readelf and eu-readelf look at the real /proc/vmcore and
+    slimdump captures it."""
+    reason = HARDWARE_REASON[mode]
     require_lab("cannot run a capture kernel")
     script = ("readelf -hlW {vmcore} > {out}/readelf-hl.txt && "
               "eu-readelf -n {vmcore} > {out}/eu-readelf-n.txt && "
               "python -m slimdump capture {vmcore} {out}/dump")
-    result = vmcorelab.run_collector("6.1", "mce", ["sh", "-c", script], tmp_path,
+    result = vmcorelab.run_collector("6.1", mode, ["sh", "-c", script], tmp_path,
                                      timeout_s=300, patched=True, kexec=kexec,
                                      log=lambda m: print(m, flush=True))
     stderr = result.stderr.read_text(errors="replace")
@@ -202,17 +204,17 @@ def test_slim_capture_in_patched_capture_kernel(kexec: str, tmp_path: Path) -> N
     live_notes = re.findall(r"^  (\S+)\s+(\d+)\s+(.+?)\s*$",
                             (tmp_path / "eu-readelf-n.txt").read_text(), re.M)
     ours = [(owner, int(size)) for owner, size, kind in live_notes if kind == NT_NOCOREDUMP]
-    assert [owner for owner, _ in ours] == ["PANIC_MCE"]
+    assert [owner for owner, _ in ours] == [reason]
 
     dump = tmp_path / "dump"
     assert dump.stat().st_size < SLIM_LIMIT
     meta = slimdump_metadata(dump)
     assert meta["detected_by"] == "kernel-note"
-    assert meta["reason"] == "PANIC_MCE"
+    assert meta["reason"] == reason
     assert meta["source"]["path"] == "/proc/vmcore"
     assert meta["source"]["size"] == result.vmcore_bytes
     assert_read_only_headers_and_notes(bytes_read(stderr),
                                        (tmp_path / "readelf-hl.txt").read_text())
-    (desc,) = readelf_note_data(dump, "PANIC_MCE")
+    (desc,) = readelf_note_data(dump, reason)
     assert len(desc) == ours[0][1]
-    assert vmcorelab.MODES["mce"].panic_contains.encode() in desc
+    assert vmcorelab.MODES[mode].panic_contains.encode() in desc
