@@ -39,34 +39,31 @@ exit status: 0 done, 1 failed (as makedumpfile)
 """
 
 
-def _dump_level(text: str) -> int:
+def _number(text: str, what: str, low: int, high: int | None = None) -> int:
+    """``text`` as an integer in [low, high] (no upper bound for None), or
+    argparse's one-line error naming ``what``."""
     try:
-        level = int(text.split(",")[0])
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"dump level {text!r} is not a number") from None
-    if not 0 <= level <= 31:
-        raise argparse.ArgumentTypeError(f"dump level {level} is not in 0-31")
-    return level
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"in {low}-{high}" if high is not None else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"{what} {value} is not {bounds}")
+    return value
+
+
+def _dump_level(text: str) -> int:
+    # makedumpfile takes "-d 31" and "-d 31,..." (per-cycle levels): the first counts
+    return _number(text.split(",")[0], "dump level", 0, 31)
 
 
 def _threads(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"thread count {text!r} is not a number") from None
-    if not 1 <= count <= 256:
-        raise argparse.ArgumentTypeError(f"thread count {count} is not in 1-256")
-    return count
+    return _number(text, "thread count", 1, 256)
 
 
 def _splitblock(text: str) -> int:
-    try:
-        kib = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"splitblock size {text!r} is not a number") from None
-    if kib <= 0:
-        raise argparse.ArgumentTypeError(f"splitblock size {kib} KiB is not positive")
-    return kib << 10
+    """--splitblock-size KB, in bytes."""
+    return _number(text, "splitblock size (KiB)", 1) << 10
 
 
 class _SubParser(argparse.ArgumentParser):
