@@ -7,9 +7,11 @@ APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile cra
                 elfutils binutils zstd python3-libkdumpfile \
                 liblzo2-dev zlib1g-dev gcc \
                 linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev \
-                xz-utils git
+                xz-utils git \
+                python3-dev python3-setuptools python3-numpy python3-lzo \
+                python3-zstandard python3-snappy
 
-.PHONY: apt setup demo test test-quick lint fixtures bench clean
+.PHONY: apt setup demo test test-quick lint fixtures bench clean deb
 
 STAMP  := $(VENV)/.installed
 
@@ -76,6 +78,12 @@ bench: setup
 	$(PY) bench/slim_capture.py
 	$(PY) bench/bytes_read.py
 	$(PY) bench/filtered.py
+
+# slimdump's Debian package (Debian 12: apt install ./dist/slimdump_*.deb),
+# built from the tree with Debian's Python and dpkg's tools in seconds:
+# packaging/deb/build.py.
+deb: apt
+	/usr/bin/python3 packaging/deb/build.py --out dist
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

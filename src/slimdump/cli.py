@@ -209,8 +209,16 @@ def _join_split(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from slimdump import kdumpservice
+
+    outcome = (kdumpservice.undo if args.undo else kdumpservice.setup)(args.root)
+    print(f"slimdump: {outcome.message}")
+    return EXIT_OK
+
+
 COMMANDS = {"capture": cmd_capture, "mark": cmd_mark, "dmesg": cmd_dmesg,
-            "reassemble": cmd_reassemble, "inspect": cmd_inspect}
+            "reassemble": cmd_reassemble, "inspect": cmd_inspect, "setup": cmd_setup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,6 +52,34 @@ def _number(text: str, what: str, low: int, high: int | None = None) -> int:
     return value
 
 
+SETUP_DESCRIPTION = """\
+Make kdump-tools run slimdump-makedumpfile where it runs makedumpfile:
+dpkg-divert moves Debian's /usr/bin/makedumpfile to
+/usr/bin/makedumpfile.distrib (where dpkg puts its upgrades too;
+slimdump-makedumpfile hands it the options it does not implement) and
+/usr/bin/makedumpfile becomes a link to slimdump-makedumpfile.  Running it
+again changes nothing; --undo removes the link and the diversion, leaving
+'dpkg-divert --list' as it was.  Needs root and kdump-tools.
+"""
+
+SETUP_EPILOG = """\
+Fedora, RHEL (kdump-utils), by hand: this command does not change them.
+kdump-utils names its collector in /etc/kdump.conf; set
+
+  core_collector slimdump-makedumpfile -l --message-level 7 -d 31
+
+and run 'kdumpctl restart' to rebuild the capture initramfs (with dracut),
+which must then hold slimdump-makedumpfile, the Python it runs with and
+slimdump's modules (not tried by slimdump's tests). Or divert makedumpfile
+as on Debian, by hand.
+
+examples:
+  slimdump setup kdump-tools            # kdump-tools runs slimdump-makedumpfile
+  slimdump setup kdump-tools --undo     # Debian's makedumpfile again
+  slimdump setup kdump-tools --root /srv/image   # a system image being built
+"""
+
+
 def _dump_level(text: str) -> int:
     # makedumpfile takes "-d 31" and "-d 31,..." (per-cycle levels): the first counts
     return _number(text.split(",")[0], "dump level", 0, 31)
@@ -234,4 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--no-log", action="store_true",
                      help="do not read the log buffer from the dump's memory (a slimdump's "
                           "log note is still shown)")
+
+    setup = sub.add_parser(
+        "setup", help="make Debian's kdump service (kdump-tools) run slimdump, or undo it",
+        description=SETUP_DESCRIPTION,
+        epilog=SETUP_EPILOG, formatter_class=_RawDescriptionHelpFormatter)
+    setup.add_argument("service", choices=("kdump-tools",), metavar="SERVICE",
+                       help="kdump-tools (Debian, Ubuntu); for kdump-utils see below")
+    setup.add_argument("--undo", action="store_true",
+                       help="remove the link and the diversion: the service runs makedumpfile")
+    setup.add_argument("--root", default="/", metavar="DIR",
+                       help="change the system image at DIR (a chroot's directory; "
+                            "dpkg-divert --root DIR), not this system")
     return parser

@@ -10,7 +10,11 @@ flags 0 (reference section 2.5).  Readers (crash, libkdumpfile) rely on that.
 
 The LZO (python-lzo) and snappy/zstd (cramjam) modules are imported when a
 codec first needs them, so a missing module only matters to the one codec
-that needs it, and the error says which module to install.
+that needs it, and the error says which module to install.  Debian packages
+no cramjam: where it is absent, snappy and zstd fall back to Debian's
+python3-snappy (``snappy``) and python3-zstandard (``zstandard``), which
+write the same formats (the raw snappy block, one zstd frame of level 1).
+cramjam stays first where it is installed.
 """
 
 from __future__ import annotations
@@ -36,23 +40,32 @@ COMPRESSION_MASK = (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO
 @record(frozen=True)
 class Codec:
     """One page compression method: its name, makedumpfile's flag value, its
-    makedumpfile option and the Python module that implements it."""
+    makedumpfile option and the Python modules that implement it, the
+    preferred first."""
 
     name: str
     flag: int
     option: str
-    module: str | None      # None: the standard library suffices
+    modules: tuple[str, ...]    # empty: the standard library suffices
 
 
 CODECS: dict[str, Codec] = {
-    "none": Codec("none", 0, "", None),
-    "zlib": Codec("zlib", DUMP_DH_COMPRESSED_ZLIB, "-c", None),
-    "lzo": Codec("lzo", DUMP_DH_COMPRESSED_LZO, "-l", "lzo"),
-    "snappy": Codec("snappy", DUMP_DH_COMPRESSED_SNAPPY, "-p", "cramjam"),
-    "zstd": Codec("zstd", DUMP_DH_COMPRESSED_ZSTD, "-z", "cramjam"),
+    "none": Codec("none", 0, "", ()),
+    "zlib": Codec("zlib", DUMP_DH_COMPRESSED_ZLIB, "-c", ()),
+    "lzo": Codec("lzo", DUMP_DH_COMPRESSED_LZO, "-l", ("lzo",)),
+    "snappy": Codec("snappy", DUMP_DH_COMPRESSED_SNAPPY, "-p", ("cramjam", "snappy")),
+    "zstd": Codec("zstd", DUMP_DH_COMPRESSED_ZSTD, "-z", ("cramjam", "zstandard")),
 }
 _BY_FLAG = {codec.flag: codec for codec in CODECS.values()}
-_PIP_NAMES = {"lzo": "python-lzo", "cramjam": "cramjam"}
+# where each module comes from, for the error that names the missing ones
+_INSTALL = {"lzo": "pip install python-lzo, or apt install python3-lzo",
+            "cramjam": "pip install cramjam",
+            "snappy": "apt install python3-snappy",
+            "zstandard": "apt install python3-zstandard"}
+# an attribute the module must have: another project's module of the same
+# name (SnapPy, the 3-manifold program, is also ``snappy``) does not count
+_API = {"lzo": "decompress", "cramjam": "zstd", "snappy": "uncompress",
+        "zstandard": "ZstdCompressor"}
 
 
 def get_codec(codec: str | Codec) -> Codec:
@@ -77,14 +90,22 @@ def codec_for_flags(flags: int) -> Codec:
 
 
 def _module(codec: Codec) -> ModuleType | None:
-    if codec.module is None:
+    """The first of the codec's modules that imports here (None for the
+    standard library's); DumpError naming them all when none does."""
+    if not codec.modules:
         return None
-    try:
-        return importlib.import_module(codec.module)
-    except ImportError:
-        raise DumpError(None, f"{codec.name} compression needs the Python module "
-                              f"{codec.module!r} (pip install "
-                              f"{_PIP_NAMES.get(codec.module, codec.module)})") from None
+    for name in codec.modules:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, _API.get(name, "__name__")):
+            return mod
+    names = " or ".join(repr(name) for name in codec.modules)
+    where = ", or ".join(_INSTALL.get(name, f"pip install {name}") for name in codec.modules)
+    module_word = "module" if len(codec.modules) == 1 else "modules"
+    raise DumpError(None, f"{codec.name} compression needs the Python {module_word} {names} "
+                          f"({where})")
 
 
 def require(codec: str | Codec) -> Codec:
@@ -108,13 +129,33 @@ def compressor(codec: str | Codec) -> Callable[[bytes], bytes]:
         return lambda page: lzo_compress(page, 1, False)
     if found.name == "snappy":
         assert mod is not None
+        if mod.__name__ == "snappy":                # python3-snappy: raw blocks too
+            return mod.compress
         snappy_compress = mod.snappy.compress_raw
         return lambda page: bytes(snappy_compress(page))
     if found.name == "zstd":
         assert mod is not None
+        if mod.__name__ == "zstandard":
+            # a compressor per call: one is not to be shared between threads
+            return mod.ZstdCompressor(level=1).compress
         zstd_compress = mod.zstd.compress
         return lambda page: bytes(zstd_compress(page, level=1))
     return bytes
+
+
+def _claimed_size(codec: Codec, mod: ModuleType, data: bytes) -> int:
+    """The decompressed size a snappy block or zstd frame header claims (-1:
+    not stated): checked before python3-snappy or python3-zstandard allocate
+    it, so that a hostile header cannot make them allocate more than a page."""
+    if codec.name == "zstd":
+        return int(mod.frame_content_size(data))
+    size = shift = 0
+    for byte in data[:5]:                   # the block starts with a varint
+        size |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return size
+        shift += 7
+    raise ValueError("no length at the start of the block")
 
 
 def compress_page(codec: str | Codec, page: bytes) -> tuple[int, bytes]:
@@ -145,6 +186,13 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
         elif codec.name == "lzo":
             assert mod is not None
             page = mod.decompress(bytes(data), False, page_size)
+        elif mod is not None and mod.__name__ in ("snappy", "zstandard"):
+            claimed = _claimed_size(codec, mod, bytes(data))
+            if claimed > page_size:
+                raise DumpError(None, f"{codec.name} page decompresses to {claimed} "
+                                      f"bytes, not {page_size}")
+            page = (mod.uncompress(bytes(data)) if codec.name == "snappy" else
+                    mod.ZstdDecompressor().decompress(bytes(data), max_output_size=page_size))
         else:
             # into a page-sized buffer: a hostile size claim cannot make the
             # library allocate more than one page
@@ -153,6 +201,8 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
             into = (mod.snappy.decompress_raw_into if codec.name == "snappy"
                     else mod.zstd.decompress_into)
             page = bytes(out[:into(bytes(data), out)])
+    except DumpError:
+        raise
     except Exception as exc:  # every library has its own error classes
         raise DumpError(None, f"{codec.name} page does not decompress: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -165,7 +215,7 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
 
 # -- batch compression, the unit of work of the writer's threads ------------
 
-_ZERO_CACHE: dict[tuple[str, int], bytes] = {}
+_ZERO_CACHE: dict[tuple[str, str, int], bytes] = {}
 
 
 def compress_pages(codec_name: str, data: bytes, page_size: int) -> tuple[bytes, bytes, bytes]:
@@ -180,7 +230,8 @@ def compress_pages(codec_name: str, data: bytes, page_size: int) -> tuple[bytes,
 
     codec = get_codec(codec_name)
     compress = compressor(codec)
-    zero_key = (codec.name, page_size)
+    mod = _module(codec)
+    zero_key = (codec.name, mod.__name__ if mod else "", page_size)
     zero = bytes(page_size)
     if zero_key not in _ZERO_CACHE:
         _ZERO_CACHE[zero_key] = compress(zero)
