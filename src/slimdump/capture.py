@@ -156,9 +156,10 @@ def slim_metadata(source: DumpSource, decision: Decision, *,
     return meta
 
 
-def write_slimdump(source: DumpSource, decision: Decision, dst: str, *,
-                   overwrite: bool = False) -> int:
-    """Write the slimdump for ``decision``; return its size in bytes."""
+def write_slimdump(source: DumpSource, decision: Decision, dst: str | None, *,
+                   overwrite: bool = False, flat: bool = False) -> int:
+    """Write the slimdump for ``decision`` (``flat``: as a flattened stream,
+    see :func:`write_small_output`); return the slimdump's size in bytes."""
     assert decision.reason is not None
     kept = [note for note in source.notes
             if find_nocoredump([note]) is None and not is_slimdump_note(note, NT_SLIMDUMP_META)
@@ -169,10 +170,36 @@ def write_slimdump(source: DumpSource, decision: Decision, dst: str, *,
     if decision.log is not None:
         notes.append(log_note(decision.log.text))
     data = slimdump_bytes(source.header, notes)
-    with AtomicOutput(dst, overwrite=overwrite) as out:
-        out.write(data, 0)
-        out.commit()
+    write_small_output(data, dst, flat=flat, overwrite=overwrite)
     return len(data)
+
+
+def write_small_output(data: bytes, dst: str | None, *, flat: bool = False,
+                       overwrite: bool = False) -> None:
+    """A whole file that fits in memory (a slimdump) to ``dst``.  ``flat``:
+    as a flattened stream (-F), so that what a service pipes from standard
+    output (kdump-tools: ``makedumpfile -F ... | compress > dump``) turns
+    back into the file with ``slimdump reassemble`` or ``makedumpfile -R``;
+    ``dst`` None or "-" is standard output then."""
+    if not flat:
+        with AtomicOutput(output_path(dst), overwrite=overwrite) as out:
+            out.write(data, 0)
+            out.commit()
+        return
+    from slimdump.writers.flat import FlatWriter
+
+    if dst in (None, "-"):
+        import sys
+
+        stream = FlatWriter(sys.stdout.buffer)
+        stream.write(data, 0)
+        stream.finish()
+        return
+    with AtomicOutput(dst, overwrite=overwrite) as out:
+        stream = FlatWriter(out.fd, name=dst)
+        stream.write(data, 0)
+        stream.finish()
+        out.commit()
 
 
 def machine_check_pfns(decision: Decision, page_size: int = 4096) -> list[int]:
@@ -191,7 +218,8 @@ def machine_check_pfns(decision: Decision, page_size: int = 4096) -> list[int]:
 
 def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None,
                          options: DumpOptions, *, overwrite: bool,
-                         progress: bool | None) -> tuple[int, dict[str, Any]]:
+                         progress: bool | None,
+                         work_dir: str | None = None) -> tuple[int, dict[str, Any]]:
     """The dump for the ``normal`` and ``full`` actions.
 
     ``full``: the complete vmcore, a byte-exact copy of an ELF source; for a
@@ -216,9 +244,10 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     level = (0 if decision.action == FULL else options.dump_level) | (
         getattr(source, "dump_level", 0) or 0)
     chosen = replace(options, dump_level=level)
-    # large bitmaps go to a temporary file on the dump's file system, not to
-    # a capture kernel's RAM-backed /tmp
-    directory = None if dst in (None, "-") else os.path.dirname(os.path.abspath(dst))
+    # large bitmaps go to a temporary file on the dump's file system (or
+    # makedumpfile's --work-dir), not to a capture kernel's RAM-backed /tmp
+    directory = work_dir or (None if dst in (None, "-")
+                             else os.path.dirname(os.path.abspath(dst)))
     selection = select_pages(source, level, poisoned, directory=directory)
     extra_notes = []
     # a page the source holds only in part is whole in a kdump-compressed
@@ -261,11 +290,13 @@ def dmesg_path(dst: str) -> str:
 def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
             overwrite: bool = False, progress: bool | None = None,
             policy: Policy | None = None, dump_dmesg: bool = False,
-            options: DumpOptions | None = None) -> CaptureResult:
+            options: DumpOptions | None = None,
+            work_dir: str | None = None) -> CaptureResult:
     """Capture ``src`` (a file, or the parts of a --split set) into ``dst``
     and say what was done.  ``dst`` None or "-" means standard output
     (flattened format only).  With ``options.split`` the normal dump goes to
     those files (``dst`` is the first); a slimdump, one file, goes to ``dst``.
+    ``work_dir``: where large page bitmaps go (default: beside ``dst``).
 
     A lone part of a --split set is refused: a dump written from it would
     miss the other parts' pages (the writer reads absent pages as zeros)."""
@@ -287,10 +318,54 @@ def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
                 out.commit()
             extra["dmesg"] = path
         if decision.writes_slimdump:
-            size = write_slimdump(source, decision, output_path(dst), overwrite=overwrite)
+            size = write_slimdump(source, decision, dst, overwrite=overwrite,
+                                  flat=options.format == FLAT)
+            extra["format"] = options.format if options.format == FLAT else "elf"
         else:
             size, details = write_normal_or_full(source, decision, dst, options,
-                                                 overwrite=overwrite, progress=progress)
+                                                 overwrite=overwrite, progress=progress,
+                                                 work_dir=work_dir)
             extra.update(details)
         return CaptureResult(decision, dst, size, source.bytes_read,
                              time.monotonic() - start, extra)
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def summary_lines(result: CaptureResult, policy_source: str, src: str | Sequence[str]) -> list[str]:
+    """What a capture did, for the user: warnings, the decision, what was
+    written where, what was read (one line each, without a prefix)."""
+    d = result.decision
+    lines = [f"warning: {warning}" for warning in d.warnings]
+    reason = f" -> {d.reason.reason}" if d.reason and d.detected_by != KERNEL_NOTE else ""
+    lines.append(f"{d.why}{reason}; action {d.action} ({policy_source})")
+    extra = result.extra
+    if d.writes_slimdump:
+        what = "slimdump" + (" with the kernel log" if d.log is not None else "")
+        if extra.get("format") == FLAT:
+            what += " as a flattened stream"
+    elif "copy_method" in extra:
+        what = "complete dump (byte-exact copy)"
+    else:
+        kind = {"kdump": "kdump-compressed", "flat": "flattened", "elf": "ELF"}[extra["format"]]
+        codec = f"{extra['codec']}, " if extra["format"] != ELF else ""
+        excluded = ", ".join(f"{k} {v}" for k, v in extra.get("excluded", {}).items() if v)
+        what = (f"{kind} dump ({codec}-d {extra['dump_level']}, {extra['pages']} pages"
+                + (f"; excluded {excluded}" if excluded else "") + ")")
+        if extra.get("excluded_pages"):
+            pages = ", ".join(hex(p * 4096) for p in extra["excluded_pages"])
+            what += f" without the machine-check page(s) {pages}"
+    copied = (f", copied {_size(extra['data_bytes'])} with {extra['copy_method']}"
+              if "copy_method" in extra else "")
+    where = result.dst if result.dst not in (None, "-") else "standard output"
+    if extra.get("parts"):
+        where = f"{len(extra['parts'])} --split parts (" + ", ".join(
+            f"{p['path']} pfns {p['pfn_start']:#x}-{p['pfn_end']:#x}" for p in extra["parts"]) + ")"
+    src_text = src if isinstance(src, str) else " ".join(src)
+    lines.append(f"wrote {what} to {where} ({_size(result.size)}) in {result.seconds:.2f} s; "
+                 f"read {_size(result.source_bytes_read)} of {src_text}{copied}")
+    if "dmesg" in extra:
+        lines.append(f"wrote the kernel log to {extra['dmesg']}")
+    return lines
