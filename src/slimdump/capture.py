@@ -33,6 +33,7 @@ from slimdump.notes import (
     metadata_note,
 )
 from slimdump.policy import DMESG, FULL, NORMAL, SLIM, Policy
+from slimdump.progress import human_size
 from slimdump.record import field, record, replace
 from slimdump.sources import DumpSource, ElfCore, open_dump
 from slimdump.triage.classify import Classification, classify
@@ -330,10 +331,6 @@ def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
                              time.monotonic() - start, extra)
 
 
-def _size(n: int) -> str:
-    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
-
-
 def summary_lines(result: CaptureResult, policy_source: str, src: str | Sequence[str]) -> list[str]:
     """What a capture did, for the user: warnings, the decision, what was
     written where, what was read (one line each, without a prefix)."""
@@ -357,15 +354,15 @@ def summary_lines(result: CaptureResult, policy_source: str, src: str | Sequence
         if extra.get("excluded_pages"):
             pages = ", ".join(hex(p * 4096) for p in extra["excluded_pages"])
             what += f" without the machine-check page(s) {pages}"
-    copied = (f", copied {_size(extra['data_bytes'])} with {extra['copy_method']}"
+    copied = (f", copied {human_size(extra['data_bytes'])} with {extra['copy_method']}"
               if "copy_method" in extra else "")
     where = result.dst if result.dst not in (None, "-") else "standard output"
     if extra.get("parts"):
         where = f"{len(extra['parts'])} --split parts (" + ", ".join(
             f"{p['path']} pfns {p['pfn_start']:#x}-{p['pfn_end']:#x}" for p in extra["parts"]) + ")"
     src_text = src if isinstance(src, str) else " ".join(src)
-    lines.append(f"wrote {what} to {where} ({_size(result.size)}) in {result.seconds:.2f} s; "
-                 f"read {_size(result.source_bytes_read)} of {src_text}{copied}")
+    lines.append(f"wrote {what} to {where} ({human_size(result.size)}) in {result.seconds:.2f} s; "
+                 f"read {human_size(result.source_bytes_read)} of {src_text}{copied}")
     if "dmesg" in extra:
         lines.append(f"wrote the kernel log to {extra['dmesg']}")
     return lines

@@ -14,17 +14,14 @@ from collections.abc import Sequence
 from slimdump.cliargs import build_parser
 from slimdump.errors import DumpError
 from slimdump.notes import NoCoreDump, find_nocoredump
-from slimdump.policy import DMESG, SLIM, Policy
+from slimdump.policy import Policy
+from slimdump.progress import human_size
 from slimdump.sources import ElfCore, open_dump
 from slimdump.triage.reasons import valid_reason
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.marked import write_marked
 
 EXIT_OK, EXIT_FAILED = 0, 1
-
-def _size(n: int) -> str:
-    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
-
 
 def _is_split_part(path: str) -> bool:
     """An existing kdump-compressed file that is a part of a --split set."""
@@ -81,37 +78,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
                      progress=False if args.no_progress else None, policy=policy,
                      dump_dmesg=args.dump_dmesg, options=options)
-    d = result.decision
-    for warning in d.warnings:
-        print(f"slimdump: warning: {warning}", file=sys.stderr)
-    reason = f" -> {d.reason.reason}" if d.reason and d.detected_by != "kernel-note" else ""
-    print(f"slimdump: {d.why}{reason}; action {d.action} ({policy.source})", file=sys.stderr)
-    extra = result.extra
-    if d.action in (SLIM, DMESG):
-        what = "slimdump" + (" with the kernel log" if d.log is not None else "")
-    elif "copy_method" in extra:
-        what = "complete dump (byte-exact copy)"
-    else:
-        kind = {"kdump": "kdump-compressed", "flat": "flattened", "elf": "ELF"}[extra["format"]]
-        codec = f"{extra['codec']}, " if extra["format"] != "elf" else ""
-        excluded = ", ".join(f"{k} {v}" for k, v in extra.get("excluded", {}).items() if v)
-        what = (f"{kind} dump ({codec}-d {extra['dump_level']}, {extra['pages']} pages"
-                + (f"; excluded {excluded}" if excluded else "") + ")")
-        if extra.get("excluded_pages"):
-            pages = ", ".join(hex(p * 4096) for p in extra["excluded_pages"])
-            what += f" without the machine-check page(s) {pages}"
-    copied = (f", copied {_size(extra['data_bytes'])} with {extra['copy_method']}"
-              if "copy_method" in extra else "")
-    where = args.dst or "standard output"
-    if extra.get("parts"):
-        where = f"{len(extra['parts'])} --split parts (" + ", ".join(
-            f"{p['path']} pfns {p['pfn_start']:#x}-{p['pfn_end']:#x}" for p in extra["parts"]) + ")"
-    src = args.src if isinstance(args.src, str) else " ".join(args.src)
-    print(f"slimdump: wrote {what} to {where} ({_size(result.size)}) in "
-          f"{result.seconds:.2f} s; read {_size(result.source_bytes_read)} of {src}"
-          f"{copied}", file=sys.stderr)
-    if "dmesg" in result.extra:
-        print(f"slimdump: wrote the kernel log to {result.extra['dmesg']}", file=sys.stderr)
+    from slimdump.capture import summary_lines
+
+    for line in summary_lines(result, policy.source, args.src):
+        print(f"slimdump: {line}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -163,8 +133,8 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
             out.write(text, 0)
             out.commit()
         src = args.src if isinstance(args.src, str) else " ".join(args.src)
-        print(f"slimdump: wrote the kernel log to {args.dst} ({_size(len(text))}); read "
-              f"{_size(read)} of {src}", file=sys.stderr)
+        print(f"slimdump: wrote the kernel log to {args.dst} ({human_size(len(text))}); read "
+              f"{human_size(read)} of {src}", file=sys.stderr)
     else:
         sys.stdout.buffer.write(text)
         sys.stdout.flush()
@@ -185,7 +155,7 @@ def cmd_reassemble(args: argparse.Namespace) -> int:
     finally:
         if args.input:
             source.close()
-    print(f"slimdump: wrote {args.dst} ({_size(size)})", file=sys.stderr)
+    print(f"slimdump: wrote {args.dst} ({human_size(size)})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -202,9 +172,9 @@ def _join_split(args: argparse.Namespace) -> int:
                               "least two parts")
     with open_split(parts) as source, AtomicOutput(dst, overwrite=args.force) as out:
         size = join_parts(source, out)
-        out.set_size(size)
+        out.sethuman_size(size)
         out.commit()
-    print(f"slimdump: wrote {dst} ({_size(size)}) from {len(parts)} --split parts",
+    print(f"slimdump: wrote {dst} ({human_size(size)}) from {len(parts)} --split parts",
           file=sys.stderr)
     return EXIT_OK
 

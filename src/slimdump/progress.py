@@ -46,3 +46,8 @@ class Progress:
             self._draw(time.monotonic())
             self.stream.write("\n")
             self.stream.flush()
+
+
+def human_size(n: int) -> str:
+    """A byte count for a summary line: bytes below 1 MiB, else MiB."""
+    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
