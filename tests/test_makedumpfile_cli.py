@@ -18,6 +18,7 @@ exit status, standard output and standard error, both invoked as
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import pytest
 
 from slimdump import makedumpfile_run
 from slimdump.makedumpfile_args import parse
-from tests.conftest import real_vmcore, tool
+from tests.conftest import real_vmcore, slimdump, tool
 from tests.mdfbitmap import read_kdump
 from tests.oracles import partial_tail_pfns, readelf_notes
 from tests.test_capture_filtered import assert_pages_match
@@ -226,6 +227,12 @@ def test_kdump_tools_hardware_crash_is_a_flattened_slimdump(
     assert elf.read_bytes()[:4] == b"\x7fELF"
     owners = [n.owner for n in readelf_notes(elf)]
     assert "PANIC_MCE" in owners and "VMCOREINFO" in owners
+    # slimdump reads the stream as it is, and rearranges it as makedumpfile does
+    facts = json.loads(slimdump("inspect", "--json", stream).stdout)
+    assert facts["nocoredump"]["reason"] == "PANIC_MCE"
+    ours = tmp_path / "ours"
+    assert slimdump("reassemble", "--input", stream, ours).returncode == 0
+    assert ours.read_bytes() == elf.read_bytes()
 
 
 def test_kdump_utils_hardware_crash_is_a_slimdump(tmp_path: Path,
