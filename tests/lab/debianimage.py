@@ -141,8 +141,35 @@ ExecStart=/usr/local/sbin/slimdumplab-oracle
 """
 
 ORACLE_DROPIN = """[Unit]
-Wants=slimdumplab-oracle.service
+Wants=slimdumplab-oracle.service slimdumplab-memwatch.service
 After=slimdumplab-oracle.service
+"""
+
+# each new low of MemAvailable in the capture kernel (the collector's
+# headroom), sampled every 0.2 s without forking a process (bash builtins:
+# read from /proc/meminfo, read -t on a fifo nobody writes as the sleep), so
+# that it costs the one emulated CPU next to nothing
+MEMWATCH = rf"""#!/bin/bash
+fifo=/run/slimdumplab-memwatch
+mkfifo $fifo && exec 9<>$fifo || exit 1
+min=
+while :; do
+  while read -r key kb _; do [ "$key" = MemAvailable: ] && break; done < /proc/meminfo
+  if [ -z "$min" ] || [ "$kb" -lt "$min" ]; then
+    min=$kb; echo "{MARK}-MEMAVAIL $kb" > /dev/ttyS0
+  fi
+  read -r -t 0.2 -u 9 _
+done
+"""
+
+MEMWATCH_UNIT = """[Unit]
+Description=slimdump lab: the capture kernel's lowest MemAvailable, on the console
+DefaultDependencies=no
+ConditionPathExists=/proc/vmcore
+
+[Service]
+Type=simple
+ExecStart=/usr/local/sbin/slimdumplab-memwatch
 """
 
 #: path in the image -> (text, mode)
@@ -153,6 +180,8 @@ FILES: dict[str, tuple[str, int]] = {
     "etc/systemd/system/slimdumplab-trigger.service": (TRIGGER_UNIT, 0o644),
     "usr/local/sbin/slimdumplab-oracle": (ORACLE, 0o755),
     "etc/systemd/system/slimdumplab-oracle.service": (ORACLE_UNIT, 0o644),
+    "usr/local/sbin/slimdumplab-memwatch": (MEMWATCH, 0o755),
+    "etc/systemd/system/slimdumplab-memwatch.service": (MEMWATCH_UNIT, 0o644),
     "etc/systemd/system/kdump-tools-dump.service.d/slimdumplab-oracle.conf":
         (ORACLE_DROPIN, 0o644),
 }

@@ -9,20 +9,27 @@ the image's own kernel and initrd, waits until kdump-tools has loaded the
 capture kernel, crashes it (``sysrq``: c to /proc/sysrq-trigger; ``mce``: a
 fatal machine check injected on the QEMU monitor, as tests/lab/vmcorelab.py
 does), and lets the capture kernel run kdump-tools' own save path, which
-reboots; QEMU exits then (-no-reboot).  The results are read back from the
-disk image with e2fsck (journal replay only) and debugfs: no mounts.
+reboots; QEMU exits then (-no-reboot; tests/lab/debianvm.py).  The results
+are read back from the disk image with e2fsck (journal replay only) and
+debugfs: no mounts.
 
 Every serial console line is written to console.log with the host's time
 since QEMU started, so the time from the crash to the reboot comes from the
 host clock; the lab's oracle (the real makedumpfile, run in the capture
 kernel before kdump-tools, see debianimage) prints start and end markers and
-its time is subtracted.
+its time is subtracted.  A lab-only watcher prints each new low of the
+capture kernel's MemAvailable: the collector's headroom in the crashkernel
+reservation.
+
+Results (``run``): OUTDIR/result.json, console.log, crash/ (/var/crash) and
+slimdumplab/ (the oracle's files).  ``ensure_run`` caches them for the tests.
 
 Command line::
 
     python -m tests.lab.debianlab image
     python -m tests.lab.debianlab run --collector makedumpfile --crash mce
-    python -m tests.lab.debianlab run --collector slimdump --crash sysrq --deb dist/x.deb
+    python -m tests.lab.debianlab run --collector slimdump --crash sysrq [--deb FILE]
+    python -m tests.lab.debianlab run ... --crashkernel 256M --out DIR --keep-disk
 """
 
 from __future__ import annotations
@@ -34,177 +41,27 @@ import hashlib
 import json
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from tests.lab import debianimage, debpkg, vmcorelab
+from tests.lab import debianimage, debianvm, debpkg
 from tests.lab.debianimage import MARK
-from tests.lab.vmcorelab import LabError, Log, _locked, _monitor, _run, eprint
+from tests.lab.debianvm import (
+    CRASHES,
+    DEBIAN_CRASHKERNEL,
+    MCE_COMMAND,
+    MEM_MIB,
+    Console,
+    RunSpec,
+)
+from tests.lab.vmcorelab import LabError, Log, _locked, _run, eprint
 
 PROG = "debianlab"
 COLLECTORS = ("slimdump", "makedumpfile")
-CRASHES = ("mce", "sysrq")
-DEBIAN_CRASHKERNEL = "384M-:128M"  # kdump-tools' etc/default/grub.d/kdump-tools.cfg
-MEM_MIB = 1536
-CPUS = 2
-BOOT_TIMEOUT_S = 900  # QEMU start to the capture kernel loaded
-CAPTURE_TIMEOUT_S = 1500  # crash to QEMU's exit
-MCE_BANK, MCE_STATUS, MCE_ADDR = vmcorelab.MCE_BANK, vmcorelab.MCE_STATUS, vmcorelab.MCE_ADDR
-MCE_COMMAND = (f"mce 0 {MCE_BANK} {MCE_STATUS:#x} {vmcorelab.MCE_MCG_STATUS:#x} {MCE_ADDR:#x} "
-               f"{vmcorelab.MCE_MISC:#x}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One crash of the Debian image."""
-
-    collector: str  # "slimdump" or "makedumpfile" (stock)
-    crash: str  # "mce" or "sysrq"
-    crashkernel: str = DEBIAN_CRASHKERNEL
-    mem_mib: int = MEM_MIB
-    cpus: int = CPUS
-    boot_timeout_s: int = BOOT_TIMEOUT_S
-    capture_timeout_s: int = CAPTURE_TIMEOUT_S
-
-
-class Console:
-    """The serial console, line by line, each with the host's seconds since
-    QEMU started; kept in memory for the markers and written to a file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines: list[tuple[float, str]] = []
-        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
-        self._partial = b""
-        self.t0 = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def feed(self, chunk: bytes) -> list[str]:
-        """Add QEMU's output; return the complete new lines."""
-        self._partial += chunk
-        *done, self._partial = self._partial.split(b"\n")
-        new = []
-        for raw in done:
-            line = raw.decode("utf-8", "replace").replace("\r", "")
-            self.note(line)
-            new.append(line)
-        return new
-
-    def note(self, line: str, t: float | None = None) -> None:
-        t = self.now() if t is None else t
-        self.lines.append((t, line))
-        self._file.write(f"[{t:9.3f}] {line}\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._partial:
-            self.feed(b"\n")
-        self._file.close()
-
-    def first(self, needle: str, after: float = 0.0) -> float | None:
-        """Host time of the first line at or after ``after`` containing ``needle``."""
-        return next((t for t, line in self.lines if t >= after and needle in line), None)
-
-    def tail(self, n: int = 3) -> str:
-        return " | ".join(line.strip() for _, line in self.lines[-n:] if line.strip())
-
-
-def _qemu_cmd(spec: RunSpec, image: Path, disk: Path, qmp: Path) -> list[str]:
-    append = (f"root=/dev/vda rw console=ttyS0 crashkernel={spec.crashkernel} "
-              f"slimdumplab.crash={spec.crash}")
-    return [
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(spec.cpus),
-        "-m", str(spec.mem_mib), "-kernel", os.fspath(image / "vmlinuz"),
-        "-initrd", os.fspath(image / "initrd.img"), "-append", append,
-        "-drive", f"file={disk},if=virtio,format=raw,discard=unmap,detect-zeroes=unmap",
-        "-nic", "none", "-display", "none", "-monitor", "none", "-serial", "stdio",
-        "-no-reboot", "-qmp", f"unix:{qmp},server=on,wait=off",
-    ]
-
-
-def _boot_and_crash(spec: RunSpec, image: Path, disk: Path, console: Console,
-                    log: Log) -> dict[str, Any]:
-    """Run QEMU until it exits; returns the host times of the crash and of QEMU's exit."""
-    times: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="debianlab-") as tmp:
-        qmp = Path(tmp) / "qmp.sock"
-        proc = subprocess.Popen(_qemu_cmd(spec, image, disk, qmp), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        try:
-            failure = _watch(spec, proc, proc.stdout, console, qmp, times, log)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    times["qemu_exit"] = proc.returncode
-    if failure:
-        raise LabError(f"{failure}; console: {console.tail()}", console.path)
-    return times
-
-
-def _watch(spec: RunSpec, proc: subprocess.Popen[bytes], out: BinaryIO, console: Console,
-           qmp: Path, times: dict[str, Any], log: Log) -> str | None:
-    """Read the console until QEMU exits; crash the guest when it is ready.
-    Returns a one-line failure, or None."""
-    panics = 0
-    while True:
-        now = console.now()
-        trigger = times.get("trigger")
-        if trigger is None and now > spec.boot_timeout_s:
-            return f"no crash within {spec.boot_timeout_s} s of boot"
-        if trigger is not None and now - trigger > spec.capture_timeout_s:
-            return f"QEMU still running {spec.capture_timeout_s} s after the crash"
-        ready, _, _ = select.select([out], [], [], 1.0)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        chunk = os.read(out.fileno(), 1 << 16)
-        if not chunk:
-            break
-        for line in console.feed(chunk):
-            if f"{MARK}-NOT-LOADED" in line:
-                return "kdump-tools did not load the capture kernel"
-            if f"{MARK}-LOADED" in line and "loaded" not in times:
-                times["loaded"] = console.now()
-                times["loaded_line"] = line[line.index(MARK):]
-                log(f"capture kernel loaded {times['loaded']:.0f} s after boot "
-                    f"({times['loaded_line']})")
-            if f"{MARK}-CRASH sysrq" in line and trigger is None:
-                times["trigger"] = trigger = console.now()
-                log("sysrq crash")
-            if f"{MARK}-READY-FOR-MONITOR" in line and trigger is None:
-                time.sleep(1)
-                try:
-                    reply = _monitor(qmp, MCE_COMMAND)
-                except (OSError, ValueError, LabError) as exc:
-                    return f"QEMU monitor {MCE_COMMAND!r}: {exc}"
-                times["trigger"] = trigger = console.now()
-                console.note(f"[host] monitor: {MCE_COMMAND}", trigger)
-                log(f"monitor: {MCE_COMMAND}")
-                if reply:
-                    return f"QEMU monitor {MCE_COMMAND!r} answered {reply!r}"
-            if "Kernel panic - not syncing" in line:
-                panics += 1
-                if panics > 1:
-                    return f"the capture kernel panicked too: {line.strip()}"
-            if f"{MARK}-ORACLE-START" in line:
-                log("capture kernel: oracle running")
-            if "saved vmcore in" in line:
-                log("capture kernel: kdump-tools saved the vmcore")
-    times["exit"] = console.now()
-    if "trigger" not in times:
-        return f"QEMU exited (status {proc.poll()}) before the crash"
-    return None
 
 
 # --------------------------------------------------------------------------- results
@@ -258,6 +115,23 @@ def _since(console: Console, needle: str, times: dict[str, Any]) -> float | None
     return None if t is None else round(times["exit"] - t, 1)
 
 
+def _meminfo(console: Console, field: str) -> int | None:
+    """A /proc/meminfo field (kB) of the capture kernel, from the oracle's start line."""
+    for _, line in console.lines:
+        if f"{MARK}-ORACLE-START" in line and (m := re.search(rf"{field}: (\d+) kB", line)):
+            return int(m[1])
+    return None
+
+
+def _min_available(console: Console, after: float | None) -> int | None:
+    """The lowest MemAvailable (kB) the capture kernel's memwatch printed after ``after``."""
+    if after is None:
+        return None
+    lows = [int(m[1]) for t, line in console.lines if t >= after
+            and (m := re.search(rf"{MARK}-MEMAVAIL (\d+)", line))]
+    return min(lows) if lows else None
+
+
 def run(spec: RunSpec, outdir: Path, *, deb: Path | None = None, keep_disk: bool = False,
         log: Log = eprint) -> dict[str, Any]:
     """Build (or reuse) the image, crash it as ``spec`` says, read back what
@@ -280,7 +154,7 @@ def run(spec: RunSpec, outdir: Path, *, deb: Path | None = None, keep_disk: bool
     log(f"booting {meta['kernel_release']} (TCG, {spec.mem_mib} MiB, {spec.cpus} CPUs, "
         f"crashkernel={spec.crashkernel}, crash {spec.crash}, collector {spec.collector})")
     try:
-        times = _boot_and_crash(spec, image, disk, console, log)
+        times = debianvm.boot_and_crash(spec, image, disk, console, log)
     finally:
         console.close()
     back = _read_back(disk, outdir)
@@ -306,6 +180,12 @@ def run(spec: RunSpec, outdir: Path, *, deb: Path | None = None, keep_disk: bool
         "panic_to_reboot_s": round(crash_to_exit - (oracle or 0.0), 1),
         "kdump_tools_to_exit_s": _since(console, "Starting kdump-tools:", times),
         "phases_s": _phases(console, times["trigger"]),
+        "capture_mem_total_kb": _meminfo(console, "MemTotal"),
+        "min_mem_available_kb": {
+            "capture_kernel": _min_available(console, times["trigger"]),
+            "kdump_tools": _min_available(
+                console, console.first("Starting kdump-tools:", times["trigger"])),
+        },
         "stamp_files": stamp,
         "bytes_written": sum(f["bytes"] for f in stamp),
         "all_var_crash_files": back["files"],
