@@ -172,7 +172,7 @@ def _join_split(args: argparse.Namespace) -> int:
                               "least two parts")
     with open_split(parts) as source, AtomicOutput(dst, overwrite=args.force) as out:
         size = join_parts(source, out)
-        out.sethuman_size(size)
+        out.set_size(size)
         out.commit()
     print(f"slimdump: wrote {dst} ({human_size(size)}) from {len(parts)} --split parts",
           file=sys.stderr)
