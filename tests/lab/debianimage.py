@@ -84,7 +84,7 @@ say() {{ echo "$*" > /dev/ttyS0; }}
 i=0
 while [ "$(cat /sys/kernel/kexec_crash_loaded 2>/dev/null)" != 1 ]; do
   i=$((i + 1))
-  if [ $i -gt 900 ]; then say "{MARK}-NOT-LOADED $(kdump-config status 2>&1)"; exit 1; fi
+  if [ $i -gt 300 ]; then say "{MARK}-NOT-LOADED $(kdump-config status 2>&1)"; exit 1; fi
   sleep 1
 done
 say "{MARK}-LOADED crash_size=$(cat /sys/kernel/kexec_crash_size) \

@@ -29,8 +29,8 @@ CRASHES = ("mce", "sysrq")
 DEBIAN_CRASHKERNEL = "384M-:128M"  # kdump-tools' etc/default/grub.d/kdump-tools.cfg
 MEM_MIB = 1536
 CPUS = 2
-BOOT_TIMEOUT_S = 900  # QEMU start to the capture kernel loaded
-CAPTURE_TIMEOUT_S = 1500  # crash to QEMU's exit
+BOOT_TIMEOUT_S = 600  # QEMU start to the crash (20-50 s seen, longer on a busy host)
+CAPTURE_TIMEOUT_S = 600  # crash to QEMU's exit (45-160 s seen)
 MCE_BANK, MCE_STATUS, MCE_ADDR = vmcorelab.MCE_BANK, vmcorelab.MCE_STATUS, vmcorelab.MCE_ADDR
 MCE_COMMAND = (f"mce 0 {MCE_BANK} {MCE_STATUS:#x} {vmcorelab.MCE_MCG_STATUS:#x} {MCE_ADDR:#x} "
                f"{vmcorelab.MCE_MISC:#x}")
