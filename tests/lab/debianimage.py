@@ -145,25 +145,27 @@ Wants=slimdumplab-oracle.service slimdumplab-memwatch.service
 After=slimdumplab-oracle.service
 """
 
-# each new low of MemAvailable in the capture kernel (the collector's
-# headroom), sampled every 0.2 s without forking a process (bash builtins:
-# read from /proc/meminfo, read -t on a fifo nobody writes as the sleep), so
-# that it costs the one emulated CPU next to nothing
+# the lowest MemAvailable of each second in the capture kernel (the
+# collector's headroom; the host takes the minimum over any span), sampled
+# every 0.2 s without forking a process (bash builtins: read from
+# /proc/meminfo, read -t on a fifo nobody writes as the sleep), so that it
+# costs the one emulated CPU next to nothing
 MEMWATCH = rf"""#!/bin/bash
 fifo=/run/slimdumplab-memwatch
 mkfifo $fifo && exec 9<>$fifo || exit 1
-min=
 while :; do
-  while read -r key kb _; do [ "$key" = MemAvailable: ] && break; done < /proc/meminfo
-  if [ -z "$min" ] || [ "$kb" -lt "$min" ]; then
-    min=$kb; echo "{MARK}-MEMAVAIL $kb" > /dev/ttyS0
-  fi
-  read -r -t 0.2 -u 9 _
+  low=
+  for _ in 1 2 3 4 5; do
+    while read -r key kb _; do [ "$key" = MemAvailable: ] && break; done < /proc/meminfo
+    if [ -z "$low" ] || [ "$kb" -lt "$low" ]; then low=$kb; fi
+    read -r -t 0.2 -u 9 _
+  done
+  echo "{MARK}-MEMAVAIL $low" > /dev/ttyS0
 done
 """
 
 MEMWATCH_UNIT = """[Unit]
-Description=slimdump lab: the capture kernel's lowest MemAvailable, on the console
+Description=slimdump lab: the capture kernel's lowest MemAvailable each second, on the console
 DefaultDependencies=no
 ConditionPathExists=/proc/vmcore
 

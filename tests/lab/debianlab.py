@@ -124,7 +124,8 @@ def _meminfo(console: Console, field: str) -> int | None:
 
 
 def _min_available(console: Console, after: float | None) -> int | None:
-    """The lowest MemAvailable (kB) the capture kernel's memwatch printed after ``after``."""
+    """The lowest MemAvailable (kB) of the capture kernel's seconds that ended
+    after ``after`` (memwatch prints each second's low)."""
     if after is None:
         return None
     lows = [int(m[1]) for t, line in console.lines if t >= after
