@@ -14,20 +14,25 @@ reboots.  Reported per case (median over --runs, min-max beside it):
   tests, before kdump-tools);
 - kdump-tools to reboot: from kdump-tools' "Starting kdump-tools:" in the
   capture kernel to QEMU's exit (the collector's part, boot excluded);
-- bytes written to /var/crash/STAMP (dmesg.STAMP + dump.STAMP).
+- bytes written to /var/crash/STAMP (dmesg.STAMP + dump.STAMP);
+- the capture kernel's lowest MemAvailable while kdump-tools ran (the
+  collector's headroom in the crashkernel reservation).
 
 Under TCG the seconds are several times a real machine's, and noisy when
 the host is busy; compare the columns, not the absolute numbers.  About 3
 minutes a run (12 for the four cases once).  Run by hand:
 
     .venv/bin/python bench/debian_kdump.py [--runs N] [--out bench/results/debian_kdump.md]
+    .venv/bin/python bench/debian_kdump.py --report-from DIR   # the report of kept runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.lab import debianimage, debianlab  # noqa: E402
+from tests.mdfbitmap import read_kdump  # noqa: E402
 
 CASES = (("slimdump", "mce"), ("makedumpfile", "mce"),
          ("slimdump", "sysrq"), ("makedumpfile", "sysrq"))
@@ -50,6 +56,26 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
     if len(values) == 1:
         return med
     return f"{med} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def dump_pages(result: dict[str, Any]) -> int | None:
+    """Pages in dump.STAMP when it is a kdump-compressed dump (flattened:
+    unflattened by makedumpfile -R first), by tests/mdfbitmap.py's reader;
+    None for a slimdump (an ELF of notes)."""
+    dumps = [f["path"] for f in result["stamp_files"] if Path(f["path"]).name.startswith("dump.")]
+    if len(dumps) != 1:
+        return None
+    path = Path(result["outdir"]) / dumps[0].removeprefix("/var/")
+    with path.open("rb") as head:
+        if head.read(12) != b"makedumpfile":
+            return None
+    with path.open("rb") as f, tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "dump"
+        subprocess.run(["makedumpfile", "-R", str(out)], stdin=f, capture_output=True,
+                       check=True)
+        if out.read_bytes()[:8] != b"KDUMP   ":
+            return None
+        return int(read_kdump(out).bitmap2.sum())
 
 
 def mb(n: float) -> str:
@@ -71,18 +97,25 @@ def report(results: dict[tuple[str, str], list[dict[str, Any]]], crashkernel: st
         f"{seconds / 60:.0f} min.",
         "",
         "| crash | collector | runs | panic to reboot (s) | kdump-tools to reboot (s) "
-        "| bytes written to /var/crash | dump.STAMP | saved vmcore |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| bytes written to /var/crash | dump.STAMP | pages in it | lowest MemAvailable (MB) "
+        "| saved vmcore |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (collector, crash), rs in results.items():
         dumps = [f["bytes"] for r in rs for f in r["stamp_files"]
                  if Path(f["path"]).name.startswith("dump.")]
+        pages = [n for r in rs if (n := dump_pages(r)) is not None]
+        service = [r["kdump_tools_to_exit_s"] for r in rs if r.get("kdump_tools_to_exit_s")]
+        lows = [r["min_mem_available_kb"]["kdump_tools"] / 1024 for r in rs
+                if (r.get("min_mem_available_kb") or {}).get("kdump_tools")]
         lines.append(
             f"| {crash} | {collector} | {len(rs)} "
             f"| {spread([r['panic_to_reboot_s'] for r in rs])} "
-            f"| {spread([r['kdump_tools_to_exit_s'] for r in rs if r['kdump_tools_to_exit_s']])} "
+            f"| {spread(service)} "
             f"| {mb(statistics.median(r['bytes_written'] for r in rs))} "
             f"| {mb(statistics.median(dumps)) if dumps else '-'} "
+            f"| {spread(pages, '{:.0f}')} "
+            f"| {spread(lows, '{:.1f}')} "
             f"| {sum(r['saved_vmcore'] for r in rs)}/{len(rs)} |")
     lines += ["", "Console logs: " + ", ".join(r["console_log"] for rs in results.values()
                                              for r in rs), ""]
@@ -99,7 +132,11 @@ def main() -> int:
                     help="keep each run's directory under DIR (default: a temporary one)")
     ap.add_argument("--cases", nargs="*", metavar="COLLECTOR/CRASH",
                     default=[f"{c}/{k}" for c, k in CASES])
+    ap.add_argument("--report-from", type=Path, metavar="DIR",
+                    help="run nothing: the report of the runs kept in DIR (--keep)")
     args = ap.parse_args()
+    if args.report_from:
+        return write(kept_report(args.report_from), args.out)
     cases = [tuple(c.split("/", 1)) for c in args.cases]
     try:
         deb = debianlab.slimdump_deb()
@@ -116,11 +153,30 @@ def main() -> int:
     except debianlab.LabError as exc:
         print(f"debian_kdump: error: {exc}", file=sys.stderr)
         return 1
-    text = report(results, args.crashkernel, time.monotonic() - t0)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
+    return write(report(results, args.crashkernel, time.monotonic() - t0), args.out)
+
+
+def kept_report(where: Path) -> str:
+    """The report of the result.json files under ``where`` (a --keep DIR)."""
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    seconds = 0.0
+    for path in sorted(where.glob("*/result.json")):
+        r = json.loads(path.read_text())
+        results.setdefault((r["collector"], r["crash"]), []).append(r)
+        seconds += r["wall_s"]
+    if not results:
+        raise SystemExit(f"debian_kdump: error: no */result.json under {where}")
+    order = {case: i for i, case in enumerate(CASES)}
+    results = dict(sorted(results.items(), key=lambda kv: order.get(kv[0], 99)))
+    crashkernel = next(iter(results.values()))[0]["crashkernel"]
+    return report(results, crashkernel, seconds)
+
+
+def write(text: str, out: Path | None) -> int:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
     else:
         print(text)
     return 0
