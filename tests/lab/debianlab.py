@@ -265,7 +265,8 @@ def _cmd_image(a: argparse.Namespace) -> int:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    spec = RunSpec(a.collector, a.crash, crashkernel=a.crashkernel, mem_mib=a.mem)
+    spec = RunSpec(a.collector, a.crash, crashkernel=a.crashkernel, mem_mib=a.mem,
+                   capture_timeout_s=a.timeout)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(a.out) if a.out else (debianimage.image_root() / "runs"
                                      / f"{a.collector}-{a.crash}-{stamp}")
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--crashkernel", default=DEBIAN_CRASHKERNEL,
                    help=f"the kernel's crashkernel= (default Debian's {DEBIAN_CRASHKERNEL})")
     r.add_argument("--mem", type=int, default=MEM_MIB, metavar="MIB")
+    r.add_argument("--timeout", type=int, default=debianvm.CAPTURE_TIMEOUT_S, metavar="S",
+                   help="give up S seconds after the crash (default %(default)s)")
     r.add_argument("--out", metavar="DIR", help="default: the cache's runs/COLLECTOR-CRASH-TIME")
     r.add_argument("--keep-disk", action="store_true", help="keep OUT/disk.img")
     for p in (i, r):
