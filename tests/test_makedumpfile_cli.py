@@ -137,6 +137,13 @@ CHECK_LINES = [
     ["--work-dir"],
     ["--mess", "7", "-d", "31", "/proc/vmcore", "/x"],
     ["-d", "31x", "-l", "/proc/vmcore", "/x"],
+    # -F moves makedumpfile's words to standard error from where it stands
+    ["-F", "--bogus", "/proc/vmcore"],
+    ["--bogus", "-F", "/proc/vmcore"],
+    ["-Fq", "/proc/vmcore"],
+    ["-d", "32", "-F", "/proc/vmcore"],
+    ["-F", "-d", "32", "/proc/vmcore"],
+    ["-F", "--message-level", "99", "/proc/vmcore"],
     [],
 ]
 

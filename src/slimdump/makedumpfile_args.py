@@ -115,34 +115,49 @@ def _invalid(args: MdfArgs, problem: str, *first: str) -> Verdict:
     return Verdict([*first, INVALID, TRY_HELP], args.flat, problem)
 
 
+# -d and --message-level: atoi()'d, 0-31, or makedumpfile's words
+LEVELS = {"-d": ("dump_level", "Dump_level", "dump level"),
+          "--message-level": ("message_level", "Message_level", "message level")}
+
+
+def _flat_before_error(argv: Sequence[str], exc: getopt.GetoptError) -> bool:
+    """Whether -F came before the option getopt refused: makedumpfile
+    prints on standard error from -F on (standard output is the dump)."""
+    for token in argv:
+        if token == "--":
+            return False
+        if token.startswith("--"):
+            if token[2:].split("=")[0] == exc.opt:
+                return False
+        elif token.startswith("-") and len(token) > 1:
+            if exc.opt in token[1:] and "F" not in token[1:token.index(exc.opt) + 1]:
+                return False
+            if "F" in token[1:]:
+                return True
+    return False
+
+
 def parse(argv: Sequence[str], prog: str = "makedumpfile") -> MdfArgs | Verdict:
     """``argv`` (without the program name) as makedumpfile reads it, or the
     Verdict that makes makedumpfile stop while reading options."""
     try:
         options, operands = getopt.gnu_getopt(list(argv), SHORT_OPTIONS, LONG_OPTIONS)
     except getopt.GetoptError as exc:
-        seen = MdfArgs([], [], flat="-F" in argv[:argv.index(f"-{exc.opt}")]
-                       if f"-{exc.opt}" in argv else False)
-        verdict = _invalid(seen, f"invalid option: {exc.msg}")
-        verdict.getopt_line = _getopt_line(prog, exc)
+        verdict = Verdict([INVALID, TRY_HELP], _flat_before_error(argv, exc),
+                          f"invalid option: {exc.msg}", _getopt_line(prog, exc))
         return verdict
-    # Python's getopt writes abbreviations in full; makedumpfile too
+    # Python's getopt writes abbreviations in full, as glibc's does
     args = MdfArgs(options, operands)
     for opt, value in options:
         if opt in CODEC_LETTERS:
             args.codec = CODEC_LETTERS[opt]     # the last one given wins
-        elif opt == "-d":
+        elif opt in LEVELS:
+            attr, word, what = LEVELS[opt]
             level = atoi(value)
             if not 0 <= level <= 31:
-                return Verdict([f"Dump_level({level}) is invalid."], False,
-                               f"dump level {level} is not in 0-31")
-            args.dump_level = level
-        elif opt == "--message-level":
-            level = atoi(value)
-            if not 0 <= level <= 31:
-                return Verdict([f"Message_level({level}) is invalid."], False,
-                               f"message level {level} is not in 0-31")
-            args.message_level = level
+                return Verdict([f"{word}({level}) is invalid."], args.flat,
+                               f"{what} {level} is not in 0-31")
+            setattr(args, attr, level)
         elif opt == "--num-threads":
             args.threads = atoi(value)
         elif opt == "--splitblock-size":
