@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -96,29 +97,33 @@ def report(results: dict[tuple[str, str], list[dict[str, Any]]], crashkernel: st
         f"{sum(map(len, results.values()))} runs in "
         f"{seconds / 60:.0f} min.",
         "",
-        "| crash | collector | runs | panic to reboot (s) | kdump-tools to reboot (s) "
+        "| crash | collector | runs | panic to reboot (s) | of which to kdump-tools' start (s) "
+        "| kdump-tools to reboot (s) "
         "| bytes written to /var/crash | dump.STAMP | pages in it | lowest MemAvailable (MB) "
         "| saved vmcore |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (collector, crash), rs in results.items():
         dumps = [f["bytes"] for r in rs for f in r["stamp_files"]
                  if Path(f["path"]).name.startswith("dump.")]
         pages = [n for r in rs if (n := dump_pages(r)) is not None]
+        boot = [r["phases_s"]["kdump_tools"] - (r["oracle_s"] or 0) for r in rs
+                if (r.get("phases_s") or {}).get("kdump_tools") is not None]
         service = [r["kdump_tools_to_exit_s"] for r in rs if r.get("kdump_tools_to_exit_s")]
         lows = [r["min_mem_available_kb"]["kdump_tools"] / 1024 for r in rs
                 if (r.get("min_mem_available_kb") or {}).get("kdump_tools")]
         lines.append(
             f"| {crash} | {collector} | {len(rs)} "
             f"| {spread([r['panic_to_reboot_s'] for r in rs])} "
-            f"| {spread(service)} "
+            f"| {spread(boot)} | {spread(service)} "
             f"| {mb(statistics.median(r['bytes_written'] for r in rs))} "
             f"| {mb(statistics.median(dumps)) if dumps else '-'} "
             f"| {spread(pages, '{:.0f}')} "
             f"| {spread(lows, '{:.1f}')} "
             f"| {sum(r['saved_vmcore'] for r in rs)}/{len(rs)} |")
-    lines += ["", "Console logs: " + ", ".join(r["console_log"] for rs in results.values()
-                                             for r in rs), ""]
+    outdirs = [Path(r["outdir"]) for rs in results.values() for r in rs]
+    lines += ["", "Runs (result.json, console.log, /var/crash) kept in "
+              f"{os.path.commonpath(outdirs)}.", ""]
     return "\n".join(lines)
 
 
