@@ -50,10 +50,12 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("SLIMDUMP_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY = os.environ.get("SLIMDUMP_DEBIAN_SECURITY", "http://deb.debian.org/debian-security")
 
-#: minbase skips Recommends: without makedumpfile kdump-tools has no collector
+#: minbase skips Recommends: without makedumpfile kdump-tools has no collector;
+#: procps (priority important, on every standard install) has the sysctl that
+#: kdump-tools sets kernel.panic_on_oops=1 with
 PACKAGES: tuple[str, ...] = (
     "systemd-sysv", "linux-image-amd64", "kdump-tools", "makedumpfile", "udev", "kmod",
-    "e2fsprogs", "python3", "python3-numpy", "python3-lzo", "zstd",
+    "e2fsprogs", "procps", "python3", "python3-numpy", "python3-lzo", "zstd",
 )
 
 #: bump when the image changes in a way the texts below do not show

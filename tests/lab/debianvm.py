@@ -90,7 +90,10 @@ class Console:
         return next((t for t, line in self.lines if t >= after and needle in line), None)
 
     def tail(self, n: int = 3) -> str:
-        return " | ".join(line.strip() for _, line in self.lines[-n:] if line.strip())
+        """The last ``n`` lines, the lab's memory watcher's left out."""
+        said = [line.strip() for _, line in self.lines
+                if line.strip() and f"{MARK}-MEMAVAIL" not in line]
+        return " | ".join(said[-n:])
 
 
 def _qemu_cmd(spec: RunSpec, image: Path, disk: Path, qmp: Path) -> list[str]:
