@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.lab import debianimage, debianvm, debpkg
+from tests.lab import debianimage, debianvm, debpkg, vmcorelab
 from tests.lab.debianimage import MARK
 from tests.lab.debianvm import (
     CRASHES,
@@ -303,15 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="slimdump's .deb (default: $SLIMDUMP_DEB, else built from this "
                        "tree); a Depends the base lacks makes another base")
     r.set_defaults(fn=_cmd_run)
-    a = ap.parse_args(argv)
-    try:
-        return int(a.fn(a))
-    except LabError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return vmcorelab.dispatch(PROG, ap.parse_args(argv))
 
 
 if __name__ == "__main__":

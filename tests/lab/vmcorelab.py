@@ -1139,14 +1139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sp.add_argument("--kexec-file", action="store_true",
                         help="load the capture kernel with kexec -s -p (kexec_file_load)")
     c.set_defaults(fn=_cmd_collect)
-    a = ap.parse_args(argv)
+    return dispatch(PROG, ap.parse_args(argv))
+
+
+def dispatch(prog: str, args: argparse.Namespace) -> int:
+    """Run a lab command line's ``args.fn``: a LabError is one line, exit 1."""
     try:
-        return int(a.fn(a))
+        return int(args.fn(args))
     except LabError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
