@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ELF with the excluded pages cut out (makedumpfile -E)")
     fmt.add_argument("-F", dest="format", action="store_const", const="flat",
                      help="flattened stream (for pipes and ssh; undo with 'slimdump "
-                          "reassemble')")
+                          "reassemble' or makedumpfile -R); a slimdump is flattened too")
     fmt.add_argument("-d", dest="dump_level", type=_dump_level, default=31, metavar="LEVEL",
                      help="dump level 0-31, a sum of: 1 zero pages, 2 non-private cache, "
                           "4 private cache, 8 user pages, 16 free pages (default 31)")
