@@ -187,20 +187,10 @@ def write_small_output(data: bytes, dst: str | None, *, flat: bool = False,
             out.write(data, 0)
             out.commit()
         return
-    from slimdump.writers.flat import FlatWriter
+    from slimdump.writers.flat import flat_output
 
-    if dst in (None, "-"):
-        import sys
-
-        stream = FlatWriter(sys.stdout.buffer)
+    with flat_output(dst, overwrite=overwrite) as stream:
         stream.write(data, 0)
-        stream.finish()
-        return
-    with AtomicOutput(dst, overwrite=overwrite) as out:
-        stream = FlatWriter(out.fd, name=dst)
-        stream.write(data, 0)
-        stream.finish()
-        out.commit()
 
 
 def machine_check_pfns(decision: Decision, page_size: int = 4096) -> list[int]:

@@ -12,7 +12,6 @@ because filtering failed.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 
@@ -233,18 +232,10 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
         return writer.write(read_pages, bar_update)
 
     if options.format == FLAT:
-        from slimdump.writers.flat import FlatWriter
+        from slimdump.writers.flat import flat_output
 
-        if dst in (None, "-"):
-            flat = FlatWriter(sys.stdout.buffer)
+        with flat_output(dst, overwrite=overwrite) as flat:
             result = run(flat)
-            flat.finish()
-        else:
-            with AtomicOutput(dst, overwrite=overwrite) as out:
-                flat = FlatWriter(out.fd, name=dst)
-                result = run(flat)
-                flat.finish()
-                out.commit()
     else:
         with AtomicOutput(output_path(dst), overwrite=overwrite) as out:
             result = run(out)

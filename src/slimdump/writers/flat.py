@@ -17,6 +17,7 @@ is ``makedumpfile -F``; :func:`reassemble` is ``makedumpfile -R``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 
@@ -28,10 +29,12 @@ from slimdump.sources.kdump_headers import (
     DiskDumpHeader,
     _detect_abi,
 )
+from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import as_output
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import BinaryIO
 
     from slimdump.writers.kdump import PositionedOutput
@@ -119,6 +122,25 @@ class FlatWriter:
             self._emit(RECORD_HEADER.pack(END_OFFSET, END_SIZE))
             self.finished = True
         self._flush()
+
+
+@contextlib.contextmanager
+def flat_output(dst: str | None, *, overwrite: bool = False) -> Iterator[FlatWriter]:
+    """A flattened stream on standard output (``dst`` None or "-") or into
+    ``dst`` (written atomically): finished, and ``dst`` committed, when the
+    block ends without an error."""
+    if dst in (None, "-"):
+        import sys
+
+        flat = FlatWriter(sys.stdout.buffer)
+        yield flat
+        flat.finish()
+        return
+    with AtomicOutput(dst, overwrite=overwrite) as out:
+        flat = FlatWriter(out.fd, name=dst)
+        yield flat
+        flat.finish()
+        out.commit()
 
 
 def _read_exact(stream: BinaryIO | int, size: int) -> bytes:
