@@ -26,7 +26,7 @@ apt:
 	fi
 
 $(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c \
-          src/slimdump/kernel/_pageclass.c | apt
+          src/slimdump/kernel/_pageclass.c src/slimdump/kernel/pageclass_rules.h | apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

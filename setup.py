@@ -1,11 +1,11 @@
-"""Build the optional C accelerators; everything else is in pyproject.toml.
+"""Build the C extensions; everything else is in pyproject.toml.
 
-``slimdump.writers._pagepack`` zero-tests and compresses pages (zlib, LZO)
-without the GIL.  ``slimdump.kernel._pageclass`` classifies struct pages
-by dump level without the GIL, and without numpy (so that a capture need
-not import it).  Both are optional: without a C compiler (or liblzo2's
-headers, for the packer) the build goes on without them and slimdump uses
-its Python/numpy paths, which give the same results, only slower.
+``slimdump.kernel._pageclass`` holds the one implementation of
+makedumpfile's dump-level rules over struct pages (filtered dumps need it;
+without it, capture keeps every page and says so).  ``slimdump.writers._pagepack``
+zero-tests and compresses pages (zlib, LZO) without the GIL; it is optional:
+without liblzo2's headers the build goes on without it and the writers use
+their Python path, which writes the same bytes, only slower.
 """
 
 from setuptools import Extension, setup
@@ -14,5 +14,6 @@ setup(ext_modules=[
     Extension("slimdump.writers._pagepack", ["src/slimdump/writers/_pagepack.c"],
               libraries=["lzo2", "z"], extra_compile_args=["-O2"], optional=True),
     Extension("slimdump.kernel._pageclass", ["src/slimdump/kernel/_pageclass.c"],
-              extra_compile_args=["-O2"], optional=True),
+              depends=["src/slimdump/kernel/pageclass_rules.h"],
+              extra_compile_args=["-O2"]),
 ])

@@ -78,13 +78,13 @@ def main() -> int:
     # measure slimdump as installed: byte-compiled (pip does that; this
     # environment may set PYTHONDONTWRITEBYTECODE) and with its C packer
     compileall.compile_dir(ROOT / "src" / "slimdump", quiet=1)
-    from slimdump.kernel.pages import NATIVE
+    from slimdump.kernel.dump_level import NATIVE
     from slimdump.writers.codecs import NATIVE_PACK
 
     print(f"slimdump capture vs makedumpfile, median of {args.runs} alternating runs, warm "
           f"page cache, {os.cpu_count()} CPUs; C packer: "
           f"{'built' if NATIVE_PACK else 'NOT BUILT (pure Python)'}; C page classifier: "
-          f"{'built' if NATIVE else 'NOT BUILT (numpy)'}; "
+          f"{'built' if NATIVE else 'NOT BUILT (nothing dropped)'}; "
           f"makedumpfile zstd: {'yes' if zstd else 'no (1.7.2 build)'}")
     print(f"{'vmcore':<11} {'options':<10} {'slimdump':>9} {'mdf':>8} {'ratio':>7} "
           f"{'slim out':>9} {'mdf out':>9} {'slim RSS':>9} {'mdf RSS':>8}")

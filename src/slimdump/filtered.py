@@ -2,7 +2,7 @@
 
 :func:`select_pages` decides which page frames go in: the 1st bitmap (pages
 the source holds) and the 2nd (dumpable at the dump level, from
-:class:`~slimdump.kernel.pages.PageClassifier`, minus any pages the caller
+:class:`~slimdump.kernel.dump_level.PageClassifier`, minus any pages the caller
 excludes, such as the page of a fatal machine check).  :func:`write_dump`
 writes them as kdump-compressed (any codec), flattened (-F) or filtered ELF
 (-E).  If the pages cannot be classified (VMCOREINFO keys missing), every
@@ -19,11 +19,9 @@ from slimdump.bitmap import PfnBitmap, is_zero
 from slimdump.elf import Note, frame_notes
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory
-from slimdump.kernel.pages import (
+from slimdump.kernel.dump_level import DL_ZERO, ExclusionCounts, PageClassifier
+from slimdump.kernel.physmem import (
     DEFAULT_CYCLE,
-    DL_ZERO,
-    ExclusionCounts,
-    PageClassifier,
     cycles,
     max_mapnr,
     present_packed,
@@ -157,7 +155,7 @@ def _classify_into(source: DumpSource, info: VmcoreInfo | None, dump_level: int,
         keep = present
         if classifier is not None:
             try:
-                classes = classifier.classify_packed(dump_level, start, end)
+                classes = classifier.classify(dump_level, start, end)
             except DumpError as exc:
                 selection.warnings.append(f"cannot classify pages from pfn {start:#x} on "
                                           f"({exc.problem}); keeping every page from there")

@@ -1,0 +1,120 @@
+"""The memory model: where the struct page of a pfn lives (``pfn_to_page``).
+
+SPARSEMEM (with or without SPARSEMEM_EXTREME and SPARSEMEM_VMEMMAP) keeps
+one ``mem_map`` per memory section, found through ``mem_section``; FLATMEM
+keeps one ``mem_map`` for all pfns.  Either way the result here is a list
+of pfn ranges, each with the ``base`` such that the struct page of pfn p is
+at ``base + p * SIZE(page)`` (mod 2**64): the kernel's
+``section_mem_map_addr()`` stores exactly that base, the section's map
+minus its first pfn times SIZE(page) (``sparse_encode_mem_map()``).
+DISCONTIGMEM (gone since 5.14) is not supported.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from slimdump.elf import EM_X86_64
+from slimdump.errors import DumpError
+from slimdump.kernel.memory import KernelMemory, KernelViewError
+
+# low bits of mem_section.section_mem_map that are flags, not address
+# (SECTION_MARKED_PRESENT, SECTION_HAS_MEM_MAP, SECTION_IS_ONLINE, ...: the
+# kernel's SECTION_MAP_LAST_BIT has grown from 2 to 6; the encoded map is
+# aligned far beyond that, so six bits are masked whatever the kernel)
+SECTION_MAP_MASK = ~0x3F
+SECTION_MARKED_PRESENT = 0x1
+
+#: (first pfn, end pfn, base): struct page of pfn p at base + p * SIZE(page)
+MapRange = tuple[int, int, int]
+
+
+def mem_map_ranges(mem: KernelMemory, max_mapnr: int) -> tuple[str, list[MapRange]]:
+    """The memory model ("sparsemem" or "flatmem") and the struct page
+    ranges that cover pfns [0, max_mapnr), sorted; KernelViewError when
+    VMCOREINFO cannot say where struct page lives."""
+    info = mem.info
+    if info.symbol("mem_section") is not None:
+        return "sparsemem", _sparsemem_ranges(mem, max_mapnr)
+    if (symbol := info.symbol("mem_map")) is not None:
+        mem_map = mem.pointer(symbol)
+        if not mem_map:
+            raise KernelViewError(mem.path, "mem_map (FLATMEM) is NULL")
+        return "flatmem", [(0, max_mapnr, mem_map)]
+    raise KernelViewError(mem.path, "VMCOREINFO has neither SYMBOL(mem_section) nor "
+                                    "SYMBOL(mem_map): struct page cannot be located "
+                                    "(DISCONTIGMEM is not supported)")
+
+
+def _sparsemem_ranges(mem: KernelMemory, max_mapnr: int) -> list[MapRange]:
+    info, path = mem.info, mem.path
+    symbol = info.symbol("mem_section") or 0
+    sec_size = info.size("mem_section")
+    sec_off = info.offset("mem_section.section_mem_map")
+    section_bits = info.number("SECTION_SIZE_BITS")
+    physmem_bits = info.number("MAX_PHYSMEM_BITS")
+    if mem.source.header.e_machine == EM_X86_64:
+        # older x86_64 kernels exported neither (both are in VMCOREINFO since
+        # 4.x); x86_64's values, 5-level paging from pgtable_l5_enabled
+        section_bits = section_bits or 27
+        physmem_bits = physmem_bits or (52 if info.number("pgtable_l5_enabled") else 46)
+    if sec_size is None or sec_off is None or section_bits is None or physmem_bits is None:
+        raise KernelViewError(path, "VMCOREINFO lacks SIZE(mem_section), "
+                                    "OFFSET(mem_section.section_mem_map), "
+                                    "NUMBER(SECTION_SIZE_BITS) or NUMBER(MAX_PHYSMEM_BITS)")
+    ptr = mem.pointer_size
+    if sec_off < 0 or sec_off + ptr > sec_size:
+        raise KernelViewError(path, "OFFSET(mem_section.section_mem_map) is outside "
+                                    "SIZE(mem_section)")
+    page_shift = mem.page_size.bit_length() - 1
+    # PFN_SECTION_SHIFT and NR_MEM_SECTIONS
+    per_section = 1 << (section_bits - page_shift)
+    nr_sections = 1 << (physmem_bits - section_bits)
+    # SPARSEMEM_EXTREME: mem_section is an array of pointers to root arrays
+    # of SECTIONS_PER_ROOT sections (one page each); otherwise one flat array
+    # (LENGTH(mem_section) is then NR_MEM_SECTIONS, not the number of roots)
+    per_root = max(mem.page_size // sec_size, 1)
+    length = info.length("mem_section")
+    extreme = length is None or length == -(-nr_sections // per_root)
+    if not extreme:
+        per_root = 1
+    needed = min(-(-max_mapnr // per_section), nr_sections)
+    word = mem.endian + ("Q" if ptr == 8 else "I")
+
+    def decode(root_array: int) -> dict[int, int]:
+        """section number -> mem_map base, for sections present with a map
+        (the kernel's valid_section() and section_mem_map_addr())."""
+        if extreme:
+            nroots = -(-needed // per_root)
+            roots = struct.unpack(f"{mem.endian}{nroots}{word[1]}",
+                                  mem.read(root_array, nroots * ptr))
+            tables = [(r * per_root, root) for r, root in enumerate(roots) if root]
+        else:
+            tables = [(0, root_array)]
+        bases: dict[int, int] = {}
+        for first, table in tables:
+            count = min(per_root if extreme else needed, needed - first)
+            raw = mem.read(table, count * sec_size)
+            for i in range(count):
+                value = struct.unpack_from(word, raw, i * sec_size + sec_off)[0]
+                if value & SECTION_MARKED_PRESENT and value & SECTION_MAP_MASK:
+                    bases[first + i] = value & SECTION_MAP_MASK
+        return bases
+
+    bases: dict[int, int] = {}
+    problem = "mem_section has no present section with a mem_map"
+    # VMCOREINFO gives the root array itself; a vmlinux-style symbol would be
+    # the address of the pointer to it (makedumpfile retries that way too)
+    for candidate in ("array", "pointer"):
+        try:
+            root = symbol if candidate == "array" else mem.pointer(symbol)
+            bases = decode(root)
+        except DumpError as exc:
+            problem = f"mem_section cannot be read: {exc.problem}"
+            continue
+        if bases:
+            break
+    if not bases:
+        raise KernelViewError(path, problem)
+    return [(nr * per_section, (nr + 1) * per_section, base)
+            for nr, base in sorted(bases.items())]
