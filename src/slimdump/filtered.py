@@ -18,8 +18,8 @@ from functools import cached_property
 from slimdump.bitmap import PfnBitmap, is_zero
 from slimdump.elf import Note, frame_notes
 from slimdump.errors import DumpError
-from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.dump_level import DL_ZERO, ExclusionCounts, PageClassifier
+from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.physmem import (
     DEFAULT_CYCLE,
     cycles,
