@@ -3,17 +3,19 @@
 Linux has kept its log in three ways, and a dump says which through
 VMCOREINFO keys alone (never the release string):
 
-* **lockless** ``printk_ringbuffer`` (5.10+), exported as ``SYMBOL(prb)``:
-  a ring of descriptors (state + text block position), a parallel array of
-  ``printk_info`` (sequence number, timestamp, text length, caller id) and a
-  data ring of text blocks, each prefixed by its descriptor id;
-* **structured** ``struct printk_log`` records (3.5-5.9), exported as
-  ``SYMBOL(log_first_idx)``/``SYMBOL(log_next_idx)`` with ``SIZE(printk_log)``
-  (``SIZE(log)`` and ``OFFSET(log.*)`` before the 3.11 rename): variable-size
-  records in one character buffer, a zero-length header marking where the
-  writer wrapped to the start;
-* **plain** ``log_buf`` text (< 3.5), exported as ``SYMBOL(log_buf)`` and
-  ``SYMBOL(log_end)``: raw ``<N>[ t.tttttt] text`` lines, wrapping in place.
+* **lockless** ``printk_ringbuffer`` (5.10+, :mod:`.printk_ringbuffer`),
+  exported as ``SYMBOL(prb)``: a ring of descriptors (state + text block
+  position), a parallel array of ``printk_info`` (sequence number,
+  timestamp, text length, caller id) and a data ring of text blocks, each
+  prefixed by its descriptor id;
+* **structured** ``struct printk_log`` records (3.5-5.9, :mod:`.printk_log`),
+  exported as ``SYMBOL(log_first_idx)``/``SYMBOL(log_next_idx)`` with
+  ``SIZE(printk_log)`` (``SIZE(log)`` and ``OFFSET(log.*)`` before the 3.11
+  rename): variable-size records in one character buffer, a zero-length
+  header marking where the writer wrapped to the start;
+* **plain** ``log_buf`` text (< 3.5, this module), exported as
+  ``SYMBOL(log_buf)`` and ``SYMBOL(log_end)``: raw ``<N>[ t.tttttt] text``
+  lines, wrapping in place.
 
 :func:`read_log` reads each buffer with one bulk read per array (so only the
 pages of the log and its descriptors are touched, a fraction of a percent of
@@ -159,16 +161,20 @@ def read_log(mem: KernelMemory) -> KernelLog:
     """
     info = mem.info
     if info.symbol("prb") is not None:
-        return _read_lockless(mem)
+        from slimdump.kernel.printk_ringbuffer import read_ringbuffer
+
+        return read_ringbuffer(mem)
     if info.symbol("log_first_idx") is not None or info.symbol("log_next_idx") is not None:
-        return _read_structured(mem)
+        from slimdump.kernel.printk_log import read_printk_log
+
+        return read_printk_log(mem)
     if info.symbol("log_buf") is not None and info.symbol("log_end") is not None:
         return _read_plain(mem)
     raise KernelViewError(mem.path, "VMCOREINFO exports no kernel log buffer (no SYMBOL(prb), "
                                     "SYMBOL(log_first_idx) or SYMBOL(log_buf)+SYMBOL(log_end))")
 
 
-class _Keys:
+class Keys:
     """Required VMCOREINFO numbers, each missing one a clear one-line error."""
 
     def __init__(self, mem: KernelMemory) -> None:
@@ -193,14 +199,14 @@ class _Keys:
         return self._need("OFFSET", member, self.info.offset(member))
 
 
-def _check_fits(path: str, what: str, end: int, size: int) -> None:
+def check_fits(path: str, what: str, end: int, size: int) -> None:
     """A field ending at ``end`` must lie inside a structure of ``size`` bytes."""
     if end > size:
         raise KernelViewError(path, f"VMCOREINFO layout of {what} is inconsistent "
                                     f"(field ends at {end}, structure is {size} bytes)")
 
 
-def _uint_reader(endian: str) -> Callable[[bytes | memoryview, int, int], int]:
+def uint_reader(endian: str) -> Callable[[bytes | memoryview, int, int], int]:
     """``get(buf, offset, width)``: an unsigned integer in the kernel's byte order."""
     order = "little" if endian == "<" else "big"
 
@@ -210,216 +216,13 @@ def _uint_reader(endian: str) -> Callable[[bytes | memoryview, int, int], int]:
     return get
 
 
-def _level_flags(byte: int, endian: str) -> tuple[int, int]:
+def level_flags(byte: int, endian: str) -> tuple[int, int]:
     """(level, flags) from the ``u8 flags:5, level:3`` bitfield byte.  GCC
     allocates bitfields from the least significant bit on little-endian
     machines and from the most significant one on big-endian machines."""
     if endian == "<":
         return byte >> 5, byte & 0x1F
     return byte & 0x07, byte >> 3
-
-
-# --------------------------------------------------------------------------
-# Lockless printk_ringbuffer (5.10+)
-
-
-def _read_lockless(mem: KernelMemory) -> KernelLog:
-    """Walk the descriptor ring from tail_id to head_id (inclusive).
-
-    Each id's slot is ``id % count``; a descriptor is used only when it
-    still holds that id in committed or finalized state (anything else was
-    reserved, recycled or overwritten).  Its text block is located by the
-    ``text_blk_lpos`` positions modulo the data ring size: begin == next is
-    a data-less block, begin > next a block that wrapped and sits at the
-    ring's start; the block starts with the descriptor id (an unsigned long)
-    and the text is ``min(text_len, next - begin)`` bytes after it.
-    """
-    keys = _Keys(mem)
-    path = mem.path
-    get = _uint_reader(mem.endian)
-    long_size = mem.pointer_size
-    id_mask = (1 << (long_size * 8 - 2)) - 1
-
-    rb_size = keys.size("printk_ringbuffer")
-    desc_ring = keys.offset("printk_ringbuffer.desc_ring")
-    data_ring = keys.offset("printk_ringbuffer.text_data_ring")
-    counter = mem.info.offset("atomic_long_t.counter") or 0
-    o_count_bits = desc_ring + keys.offset("prb_desc_ring.count_bits")
-    o_descs = desc_ring + keys.offset("prb_desc_ring.descs")
-    o_infos = desc_ring + keys.offset("prb_desc_ring.infos")
-    o_head = desc_ring + keys.offset("prb_desc_ring.head_id") + counter
-    o_tail = desc_ring + keys.offset("prb_desc_ring.tail_id") + counter
-    o_size_bits = data_ring + keys.offset("prb_data_ring.size_bits")
-    o_data = data_ring + keys.offset("prb_data_ring.data")
-    for name, end in (("prb_desc_ring.count_bits", o_count_bits + 4),
-                      ("prb_desc_ring.descs", o_descs + long_size),
-                      ("prb_desc_ring.infos", o_infos + long_size),
-                      ("prb_desc_ring.head_id", o_head + long_size),
-                      ("prb_desc_ring.tail_id", o_tail + long_size),
-                      ("prb_data_ring.size_bits", o_size_bits + 4),
-                      ("prb_data_ring.data", o_data + long_size)):
-        _check_fits(path, f"printk_ringbuffer ({name})", end, rb_size)
-
-    desc_size = keys.size("prb_desc")
-    o_state = keys.offset("prb_desc.state_var") + counter
-    o_lpos = keys.offset("prb_desc.text_blk_lpos")
-    o_begin = o_lpos + keys.offset("prb_data_blk_lpos.begin")
-    o_next = o_lpos + keys.offset("prb_data_blk_lpos.next")
-    for name, end in (("state_var", o_state), ("text_blk_lpos.begin", o_begin),
-                      ("text_blk_lpos.next", o_next)):
-        _check_fits(path, f"prb_desc ({name})", end + long_size, desc_size)
-
-    info_size = keys.size("printk_info")
-    o_seq = keys.offset("printk_info.seq")
-    o_ts = keys.offset("printk_info.ts_nsec")
-    o_text_len = keys.offset("printk_info.text_len")
-    o_caller = mem.info.offset("printk_info.caller_id")
-    for name, end in (("seq", o_seq + 8), ("ts_nsec", o_ts + 8), ("text_len", o_text_len + 2),
-                      ("caller_id", (o_caller or 0) + 4)):
-        _check_fits(path, f"printk_info ({name})", end, info_size)
-    # facility and the flags/level byte follow text_len (u16) in every
-    # printk_info; VMCOREINFO does not export them, so trust the layout only
-    # when caller_id sits right after them as in the kernel's definition.
-    has_level = o_caller is not None and o_caller == o_text_len + 4
-
-    rb = mem.pointer(keys.symbol("prb"))
-    ring = mem.read(rb, rb_size)
-    count_bits = get(ring, o_count_bits, 4)
-    size_bits = get(ring, o_size_bits, 4)
-    if count_bits > MAX_COUNT_BITS:
-        raise KernelViewError(path, f"printk ring buffer at {rb:#x} is corrupt: "
-                                    f"descriptor count_bits {count_bits} > {MAX_COUNT_BITS}")
-    if size_bits > MAX_COUNT_BITS:
-        raise KernelViewError(path, f"printk ring buffer at {rb:#x} is corrupt: data ring of "
-                                    f"2^{size_bits} bytes (more than 1 GiB)")
-    count = 1 << count_bits
-    data_size = 1 << size_bits
-    if count * (desc_size + info_size) > MAX_BUFFER_BYTES:
-        raise KernelViewError(path, f"printk ring buffer at {rb:#x} is corrupt: {count} "
-                                    f"descriptors take more than 1 GiB")
-    head_id = get(ring, o_head, long_size) & id_mask
-    tail_id = get(ring, o_tail, long_size) & id_mask
-
-    descs = memoryview(mem.read(get(ring, o_descs, long_size), count * desc_size))
-    infos = memoryview(mem.read(get(ring, o_infos, long_size), count * info_size))
-    data = memoryview(mem.read(get(ring, o_data, long_size), data_size))
-
-    problems: list[str] = []
-    span = (head_id - tail_id) & id_mask
-    if span >= count:
-        # A sane ring never holds more ids than slots; only the newest
-        # `count` ids can still own a slot, so start there.
-        problems.append(f"descriptor ids tail {tail_id:#x} .. head {head_id:#x} span more "
-                        f"than the {count} slots; reading the newest {count}")
-        span = count - 1
-
-    records: list[LogRecord] = []
-    for step in range(span + 1):
-        desc_id = (head_id - span + step) & id_mask
-        slot = desc_id % count
-        d = slot * desc_size
-        state_var = get(descs, d + o_state, long_size)
-        state = state_var >> (long_size * 8 - 2)
-        if state_var & id_mask != desc_id or state not in (DESC_COMMITTED, DESC_FINALIZED):
-            continue
-        i = slot * info_size
-        ts = get(infos, i + o_ts, 8)
-        seq = get(infos, i + o_seq, 8)
-        caller = get(infos, i + o_caller, 4) if o_caller is not None else None
-        level = facility = flags = None
-        if has_level:
-            facility = get(infos, i + o_text_len + 2, 1)
-            level, flags = _level_flags(get(infos, i + o_text_len + 3, 1), mem.endian)
-        begin = get(descs, d + o_begin, long_size) % data_size
-        end = get(descs, d + o_next, long_size) % data_size
-        if begin == end:
-            records.append(LogRecord(ts, b"", caller, level, facility, seq, flags,
-                                     has_data=False))
-            continue
-        if begin > end:                       # wrapped: the block sits at offset 0
-            begin = 0
-        begin += long_size                    # skip the block's descriptor id
-        length = min(get(infos, i + o_text_len, 2), max(end - begin, 0))
-        records.append(LogRecord(ts, bytes(data[begin:begin + length]), caller, level,
-                                 facility, seq, flags))
-    return KernelLog("lockless", records, problems=problems)
-
-
-# --------------------------------------------------------------------------
-# Structured struct printk_log records (3.5-5.9)
-
-
-def _read_structured(mem: KernelMemory) -> KernelLog:
-    """Walk the records from log_first_idx to log_next_idx.
-
-    Each record is a header (``ts_nsec``, ``len`` of the whole record,
-    ``text_len``, ``dict_len``, facility, flags/level, maybe ``caller_id``)
-    followed by the text and the dictionary.  ``len == 0`` is the marker
-    where the writer wrapped: the walk continues at index 0.  A second wrap
-    (a cycle), an index whose header does not fit in the buffer or a record
-    running past its end stops the walk (the tools stop there too, with an
-    error); the records before it are kept.
-    """
-    keys = _Keys(mem)
-    path = mem.path
-    info = mem.info
-    get = _uint_reader(mem.endian)
-    struct_name = "printk_log" if info.size("printk_log") is not None else "log"
-    header = keys.size(struct_name)
-    o_ts = keys.offset(f"{struct_name}.ts_nsec")
-    o_len = keys.offset(f"{struct_name}.len")
-    o_text_len = keys.offset(f"{struct_name}.text_len")
-    o_dict_len = keys.offset(f"{struct_name}.dict_len")
-    o_caller = info.offset(f"{struct_name}.caller_id")
-    for name, end in (("ts_nsec", o_ts + 8), ("len", o_len + 2), ("text_len", o_text_len + 2),
-                      ("dict_len", o_dict_len + 2), ("caller_id", (o_caller or 0) + 4)):
-        _check_fits(path, f"{struct_name} ({name})", end, header)
-    # facility (u8) and flags:5/level:3 (u8) follow dict_len in every version.
-    has_level = o_dict_len + 4 <= header and (o_caller is None or o_caller >= o_dict_len + 4)
-
-    log_buf = mem.pointer(keys.symbol("log_buf"))
-    buf_len = mem.u32(keys.symbol("log_buf_len"))
-    first = mem.u32(keys.symbol("log_first_idx"))
-    last = mem.u32(keys.symbol("log_next_idx"))
-    if not 0 < buf_len <= MAX_BUFFER_BYTES:
-        raise KernelViewError(path, f"log_buf_len {buf_len} is absurd (the log buffer is "
-                                    f"1 byte to 1 GiB): the printk variables are corrupt")
-    buf = memoryview(mem.read(log_buf, buf_len))
-
-    records: list[LogRecord] = []
-    problems: list[str] = []
-    idx = first
-    wrapped = False
-    while idx != last:
-        if idx + header > buf_len:
-            problems.append(f"record index {idx:#x} is outside log_buf ({buf_len} bytes); "
-                            f"log stops there")
-            break
-        length = get(buf, idx + o_len, 2)
-        ts = get(buf, idx + o_ts, 8)
-        text_len = get(buf, idx + o_text_len, 2)
-        caller = get(buf, idx + o_caller, 4) if o_caller is not None else None
-        level = facility = flags = None
-        if has_level:
-            facility = get(buf, idx + o_dict_len + 2, 1)
-            level, flags = _level_flags(get(buf, idx + o_dict_len + 3, 1), mem.endian)
-        text = bytes(buf[idx + header:min(idx + header + text_len, buf_len)])
-        if length == 0:
-            if wrapped:
-                problems.append(f"cycle in log_buf records at index {idx:#x}; log stops there")
-                break
-            wrapped = True
-            records.append(LogRecord(ts, text, caller, level, facility, None, flags,
-                                     wrap_marker=True))
-            idx = 0
-            continue
-        if length < header or idx + length > buf_len:
-            problems.append(f"record at index {idx:#x} has length {length}, outside log_buf "
-                            f"({buf_len} bytes); log stops there")
-            break
-        records.append(LogRecord(ts, text, caller, level, facility, None, flags))
-        idx += length
-    return KernelLog("structured", records, problems=problems)
 
 
 # --------------------------------------------------------------------------
@@ -437,7 +240,7 @@ def _read_plain(mem: KernelMemory) -> KernelLog:
     is ``log_buf[0:log_end]``; after it, the whole buffer starting at
     ``log_end % log_buf_len``.
     """
-    keys = _Keys(mem)
+    keys = Keys(mem)
     log_buf = mem.pointer(keys.symbol("log_buf"))
     buf_len = mem.u32(keys.symbol("log_buf_len"))
     log_end = mem.u32(keys.symbol("log_end"))
