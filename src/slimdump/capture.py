@@ -162,14 +162,17 @@ def write_slimdump(source: DumpSource, decision: Decision, dst: str | None, *,
     """Write the slimdump for ``decision`` (``flat``: as a flattened stream,
     see :func:`write_small_output`); return the slimdump's size in bytes."""
     assert decision.reason is not None
+    log = decision.log if decision.action == DMESG else None
     kept = [note for note in source.notes
             if find_nocoredump([note]) is None and not is_slimdump_note(note, NT_SLIMDUMP_META)
-            and not (decision.log is not None and is_slimdump_note(note, NT_SLIMDUMP_LOG))]
+            and not (log is not None and is_slimdump_note(note, NT_SLIMDUMP_LOG))]
     # The reason note that counts goes after the source's own notes; any
     # further reason notes the source had are dropped (the first one counts).
+    # ``slim``: headers and notes only, even when detection read the log;
+    # ``dmesg``: the log too (a slimdump's own log note is replaced by it).
     notes = [*kept, decision.reason.to_note(), metadata_note(slim_metadata(source, decision))]
-    if decision.log is not None:
-        notes.append(log_note(decision.log.text))
+    if log is not None:
+        notes.append(log_note(log.text))
     data = slimdump_bytes(source.header, notes)
     write_small_output(data, dst, flat=flat, overwrite=overwrite)
     return len(data)
@@ -330,7 +333,8 @@ def summary_lines(result: CaptureResult, policy_source: str, src: str | Sequence
     lines.append(f"{d.why}{reason}; action {d.action} ({policy_source})")
     extra = result.extra
     if d.writes_slimdump:
-        what = "slimdump" + (" with the kernel log" if d.log is not None else "")
+        what = "slimdump" + (" with the kernel log" if d.action == DMESG and d.log is not None
+                             else "")
         if extra.get("format") == FLAT:
             what += " as a flattened stream"
     elif "copy_method" in extra:
@@ -338,9 +342,14 @@ def summary_lines(result: CaptureResult, policy_source: str, src: str | Sequence
     else:
         kind = {"kdump": "kdump-compressed", "flat": "flattened", "elf": "ELF"}[extra["format"]]
         codec = f"{extra['codec']}, " if extra["format"] != ELF else ""
-        excluded = ", ".join(f"{k} {v}" for k, v in extra.get("excluded", {}).items() if v)
+        counts = dict(extra.get("excluded", {}))
+        unreadable = counts.pop("unreadable", 0)       # kept: not excluded
+        counts["zero"] = extra.get("zero_excluded", 0)
+        excluded = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         what = (f"{kind} dump ({codec}-d {extra['dump_level']}, {extra['pages']} pages"
-                + (f"; excluded {excluded}" if excluded else "") + ")")
+                + (f"; excluded {excluded}" if excluded else "")
+                + (f"; kept {unreadable} whose struct page could not be read"
+                   if unreadable else "") + ")")
         if extra.get("excluded_pages"):
             pages = ", ".join(hex(p * 4096) for p in extra["excluded_pages"])
             what += f" without the machine-check page(s) {pages}"

@@ -192,9 +192,6 @@ COMMANDS = {"capture": cmd_capture, "mark": cmd_mark, "dmesg": cmd_dmesg,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # numpy's OpenBLAS starts a spinning thread per CPU when numpy is imported;
-    # slimdump does no linear algebra, and those CPUs compress pages.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -27,6 +27,7 @@ from slimdump.kernel.physmem import (
     present_packed,
     usable_segments,
 )
+from slimdump.kernel.utsname import crash_time, kdump_phys_base, read_utsname
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.progress import Progress
 from slimdump.record import field, record
@@ -203,10 +204,11 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
         return DumpResult(result.size, total, result.seconds,
                           {"loads": len(result.loads), "data_bytes": result.data_bytes})
 
-    meta = KdumpMeta.from_source(source, dump_level=options.dump_level,
-                                 page_size=selection.page_size)
-    meta = KdumpMeta(meta.header, notes, meta.utsname, meta.crashtime, meta.phys_base,
-                     meta.dump_level, selection.max_mapnr, meta.page_size, meta.nr_cpus)
+    # the headers' facts about the crashed kernel, read here: writers only format them
+    info = VmcoreInfo.from_notes(source.notes)
+    meta = KdumpMeta(source.header, notes, read_utsname(source, info), crash_time(source, info),
+                     kdump_phys_base(source, info), options.dump_level, selection.max_mapnr,
+                     selection.page_size)
     bar = Progress(total, "Copying data", enabled=progress)
     bar_update = bar.update
     if options.split:
@@ -240,6 +242,10 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
             out.set_size(result.size)
             out.commit()
     bar.finish()
+    # with -d 1 the writer leaves the zero pages out of the 2nd bitmap as it
+    # meets them: what it did not write of the selection were zero pages
+    zero = total - result.pages if options.dump_level & DL_ZERO else 0
     return DumpResult(result.size, result.pages, result.seconds,
-                      {"zero_pages": result.zero_pages, "compressed": result.compressed_pages,
-                       "raw": result.raw_pages, "workers": result.workers})
+                      {"zero_pages": result.zero_pages, "zero_excluded": zero,
+                       "compressed": result.compressed_pages, "raw": result.raw_pages,
+                       "workers": result.workers})

@@ -150,6 +150,8 @@ def decode_metadata(note: Note) -> dict[str, Any]:
 
 
 def decode_text(note: Note) -> str:
+    """A SLIMDUMP text note (the log): UTF-8 up to its terminating NUL,
+    undecodable bytes replaced."""
     return note.desc.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 

@@ -1,9 +1,5 @@
 """Record classes: ``@record`` is the part of ``@dataclass`` slimdump uses.
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
-if TYPE_CHECKING:
-    from typing import Any, TypeVar
-
 A class decorated with :func:`record` (or ``record(frozen=True)``) gets, from
 its annotated attributes in order (base classes' first):
 

@@ -23,6 +23,7 @@ from slimdump.notes import (
     NoCoreDump,
     decode_metadata,
     decode_prstatus,
+    decode_text,
     find_nocoredump,
     is_slimdump_note,
     type_name,
@@ -147,7 +148,7 @@ def collect(source: DumpSource, *, read_log: bool = True, tail: int = 50) -> dic
             except ValueError:
                 meta = {"error": "metadata note is not valid JSON"}
         if log is None and is_slimdump_note(n, NT_SLIMDUMP_LOG):
-            log = n.desc.split(b"\0", 1)[0].decode("utf-8", "replace")
+            log = decode_text(n)
     info = VmcoreInfo.from_notes(source.notes)
     cpus = _cpus(source)
     log_facts, records = _log_records(source, log, read_log)
