@@ -53,9 +53,20 @@ def test_machine_check_becomes_slimdump(name: str, tmp_path: Path) -> None:
     assert err["cpu"] == injected["cpu"] and err["bank"] == injected["bank"]
     assert int(err["status"], 16) == int(injected["status"], 16)
     assert int(err["addr"], 16) == int(injected["addr"], 16)
-    # the log note is the log makedumpfile reads from the same vmcore
-    log = notes[("SLIMDUMP", NT_SLIMDUMP_LOG)].rstrip(b"\0")
+    # the slim action is headers and notes: detection read the log, the
+    # slimdump does not carry it; the dmesg action does, and it is the log
+    # makedumpfile reads from the same vmcore
+    assert ("SLIMDUMP", NT_SLIMDUMP_LOG) not in notes
+    policy = tmp_path / "dmesg.toml"
+    policy.write_text('[actions]\nPANIC_MCE = "dmesg"\n')
+    with_log = tmp_path / "with-log"
+    res = slimdump("capture", "--policy", policy, vmcore, with_log)
+    assert res.returncode == 0, res.stderr
+    assert "slimdump with the kernel log" in res.stderr
+    dmesg_notes = slim_notes(with_log)
+    log = dmesg_notes.pop(("SLIMDUMP", NT_SLIMDUMP_LOG)).rstrip(b"\0")
     assert log == makedumpfile_dmesg(vmcore, tmp_path)
+    assert dmesg_notes.keys() == notes.keys()
 
     text = slimdump("inspect", slim).stdout
     assert text.startswith("System crashed due to a hardware memory error. No coredump "

@@ -50,22 +50,25 @@ def drgn_cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=300, check=False)
 
 
-def make_slimdump(name: str, path: str, out: Path) -> Path:
+def make_slimdump(name: str, path: str, out: Path, action: str = "slim") -> Path:
     """A slimdump of fixture ``name`` as a user makes one.  ``log``: capture
     finds the hardware crash in the kernel log (stock kernels).  ``note``:
     ``slimdump mark`` first adds the NT_NOCOREDUMP note a patched kernel
     writes (simulating the 2011 chain's kernel), then capture trusts the
     note and reads no memory.  ``kernel``: the lab's patched kernel
-    (kernel/patches) wrote the note itself; capture trusts it."""
+    (kernel/patches) wrote the note itself; capture trusts it.  ``action``:
+    the policy's action for the reason (``dmesg`` adds the kernel log)."""
     src = real_vmcore(name)
-    slim = out / f"{name}-{path}.slim"
+    slim = out / f"{name}-{path}-{action}.slim"
     if path == "note":
         marked = out / f"{name}.marked"
         res = slimdump("mark", src, marked, "--reason", CODE[name], "--message",
                        vmcorelab.metadata(name)["panic_contains"])
         assert res.returncode == 0, res.stderr
         src = marked
-    res = slimdump("capture", "--no-progress", src, slim)
+    policy = out / f"{action}.toml"
+    policy.write_text(f'[actions]\n{CODE[name]} = "{action}"\n')
+    res = slimdump("capture", "--no-progress", "--policy", policy, src, slim)
     assert res.returncode == 0, res.stderr
     if path == "note":
         src.unlink()            # 600 MiB: not kept in pytest's last three tmp dirs
@@ -140,10 +143,12 @@ def test_script_set_core_dump_and_helpers(tmp_path: Path) -> None:
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     panic = vmcorelab.metadata("6.1-mce")["panic_contains"]
-    expected = {"log": f"PANIC_MCE {panic}\nkernel-log\nTrue\n",
-                "note": f"PANIC_MCE {panic}\nkernel-note\nFalse\n"}
-    for path, stdout in expected.items():
-        slim = make_slimdump("6.1-mce", path, tmp_path)
+    # the dmesg action carries the log, the slim action does not
+    expected = {("log", "dmesg"): f"PANIC_MCE {panic}\nkernel-log\nTrue\n",
+                ("log", "slim"): f"PANIC_MCE {panic}\nkernel-log\nFalse\n",
+                ("note", "slim"): f"PANIC_MCE {panic}\nkernel-note\nFalse\n"}
+    for (path, action), stdout in expected.items():
+        slim = make_slimdump("6.1-mce", path, tmp_path, action)
         res = subprocess.run([sys.executable, script, slim], capture_output=True, text=True,
                              check=False, timeout=300)
         assert res.returncode == 0, res.stderr
