@@ -1,33 +1,26 @@
-"""The fast struct page walk's building blocks: reads straight into a buffer
+"""The struct page walk's building blocks: reads straight into a buffer
 (``DumpSource.read_phys_into``, ``RawFile.read_into``) counted like any
 other, and a classification that does not depend on how the walk is cut up
-(chunk size, cycle size, one thread or two), with struct pages lost to a
-hole in the dump kept and counted as unreadable."""
+(chunk size, cycle size), with struct pages lost to a hole in the dump kept
+and counted as unreadable."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from slimdump.errors import DumpError, NotInDump
-from slimdump.kernel import pages as pages_mod
-from slimdump.kernel import pages_np
+from slimdump.kernel import dump_level
+from slimdump.kernel.dump_level import ExclusionCounts, PageClassifier
 from slimdump.kernel.memory import KernelMemory
-from slimdump.kernel.pages import (
-    DEFAULT_CYCLE,
-    ExclusionCounts,
-    PageClassifier,
-    cycles,
-    present_bitmap,
-)
+from slimdump.kernel.physmem import DEFAULT_CYCLE, cycles, present_packed
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.sources import DumpSource, ElfCore, open_dump
 from slimdump.sources.rawfile import RawFile
 from tests import synthcore as sc
-from tests.conftest import real_vmcore
+from tests.conftest import real_vmcore, require_native
 from tests.test_pages import (
     LEVELS,
     MEMMAP,
@@ -36,12 +29,22 @@ from tests.test_pages import (
     V61,
     V612,
     Style,
+    bit,
+    dropped,
     expected_excluded,
+    pfns_of,
     synthetic_core,
-    unpack,
 )
 
 PAGE = 4096
+
+
+@pytest.fixture
+def native_classifier() -> None:
+    require_native(dump_level.NATIVE, "slimdump.kernel._pageclass")
+
+
+needs_native = pytest.mark.usefixtures("native_classifier")
 
 
 # ---------------------------------------------------------------------------
@@ -75,10 +78,10 @@ def test_read_phys_into_is_read_phys(tmp_path: Path) -> None:
         assert into == 0
         with pytest.raises(NotInDump, match="0x103000 is not in the dump"):
             core.read_phys_into(0x100000 + len(ram) - 4, memoryview(bytearray(8)))
-        # into a numpy buffer, as the struct page walk does
-        arr = np.zeros(64, dtype=np.uint8)
-        core.read_phys_into(0x100000 + 64, memoryview(arr))
-        assert arr.tobytes() == ram[64:128]
+        # into a slice of a larger buffer, as the struct page walk does
+        big = bytearray(b"\xaa" * 192)
+        core.read_phys_into(0x100000 + 64, memoryview(big)[64:128])
+        assert big[64:128] == ram[64:128] and big[:64] == big[128:] == b"\xaa" * 64
 
 
 def test_read_phys_into_of_a_truncated_core(tmp_path: Path) -> None:
@@ -148,21 +151,19 @@ def classifier(src: DumpSource) -> PageClassifier:
     return PageClassifier(KernelMemory(src, info))
 
 
-def classify_all(pc: PageClassifier, level: int, cycle: int, packed: bool = False
-                 ) -> tuple[np.ndarray, ExclusionCounts]:
-    """(category per pfn, counts) over the whole dump by ``classify``, or
-    (excluded per pfn, counts) by ``classify_packed`` when ``packed``."""
-    parts, total = [], ExclusionCounts()
+def classify_all(pc: PageClassifier, level: int, cycle: int
+                 ) -> tuple[set[int], set[int], ExclusionCounts]:
+    """(pfns dropped, pfns kept, counts) over the whole dump, ``cycle`` pfns
+    at a time."""
+    gone: set[int] = set()
+    kept: set[int] = set()
+    total = ExclusionCounts()
     for a, b in cycles(0, pc.max_mapnr, cycle):
-        if packed:
-            p = pc.classify_packed(level, a, b)
-            parts.append(unpack(p.present, b - a) & ~unpack(p.keep, b - a))
-            total.add(p.counts)
-            continue
         c = pc.classify(level, a, b)
-        parts.append(c.category)
+        gone |= dropped(c)
+        kept |= pfns_of(c.keep, a)
         total.add(c.counts)
-    return np.concatenate(parts), total
+    return gone, kept, total
 
 
 # struct pages of pfns 0x3000 .. 0x30ff (no page of the scenario) lie in the
@@ -191,69 +192,54 @@ def core_with_hole(tmp_path: Path, style: Style) -> Path:
     return path
 
 
+@needs_native
 @pytest.mark.parametrize("style", [V61, V612], ids=lambda s: s.name)
 def test_unreadable_struct_pages_whatever_the_cut(tmp_path: Path, style: Style,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Struct pages in a hole of the dump: their pages are kept and counted
     unreadable, every other page classified as without the hole, for chunks
-    of 512 to 16384 pfns (boundaries near and inside the hole), cycles of
-    777 pfns to the default, one thread or two."""
+    of 512 to 16384 pfns (boundaries at the hole and just after it) and cycles
+    of 777 pfns to the default."""
     path = core_with_hole(tmp_path, style)
     with open_dump(path) as src:
-        present = present_bitmap(src.segments, PAGE)
-        lost_present = int(present[LOST.start:LOST.stop].sum())
-        assert lost_present == len(LOST)
-        for chunk_bytes in (512 * SP, 0x3080 * SP, 1 << 20):
-            monkeypatch.setattr(pages_np, "_CHUNK_BYTES", chunk_bytes)
-            monkeypatch.setattr(pages_np, "_PARALLEL_MIN_BYTES", 0)
-            monkeypatch.setattr(pages_mod, "_NATIVE_CHUNK_BYTES", chunk_bytes)
-            for parallel, packed in ((False, False), (True, False), (False, True)):
-                pc = classifier(src)
-                pc.parallel = parallel
-                for level in LEVELS:
-                    for cycle in (777, 4096, DEFAULT_CYCLE):
-                        category, counts = classify_all(pc, level, cycle, packed)
-                        got = set(np.flatnonzero(category).tolist())
-                        want = expected_excluded(level)
-                        assert got == want, (chunk_bytes, parallel, level, cycle,
-                                             sorted(got ^ want)[:10])
-                        walked = pc.walk_needed(level)
-                        assert counts.unreadable == (
-                            len(UNREADABLE) + lost_present if walked else 0)
-                        assert counts.excluded == len(want)
+        present = pfns_of(present_packed(src.segments, PAGE, 0, 0x8400))
+        assert set(LOST) <= present
+        for chunk_bytes in (512 * SP, 0x1800 * SP, 0x3200 * SP, 1 << 20):
+            monkeypatch.setattr(dump_level, "_CHUNK_BYTES", chunk_bytes)
+            pc = classifier(src)
+            for level in LEVELS:
+                for cycle in (777, 4096, DEFAULT_CYCLE):
+                    gone, kept, counts = classify_all(pc, level, cycle)
+                    want = expected_excluded(level)
+                    assert gone == want, (chunk_bytes, level, cycle, sorted(gone ^ want)[:10])
+                    assert kept == present - want
+                    assert set(LOST) <= kept and set(UNREADABLE) <= kept
+                    walked = pc.needs_struct_pages(level)
+                    assert counts.unreadable == (len(UNREADABLE) + len(LOST) if walked else 0)
+                    assert counts.excluded == len(want)
+            whole = pc.classify(31, 0, pc.max_mapnr)
+            assert all(bit(whole.keep, p) for p in LOST)
+            assert whole.counts.unreadable > 0
 
 
 @pytest.mark.vmcore
+@needs_native
 @pytest.mark.parametrize("name", ["6.1-sysrq", "6.12-mce"])
-def test_one_thread_or_two_same_pages_same_reads(name: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a real vmcore: the helper thread changes neither the verdict nor a
-    byte of what is read, nor do small chunks; the same for the C walk,
-    which reads exactly the bytes the numpy walk reads."""
-    results: dict[bool, list] = {False: [], True: []}
-    for packed in (False, True):
-        for parallel, chunk_bytes in ((False, 1 << 20), (True, 1 << 20), (True, 64 << 10)):
-            monkeypatch.setattr(pages_np, "_CHUNK_BYTES", chunk_bytes)
-            monkeypatch.setattr(pages_mod, "_NATIVE_CHUNK_BYTES", chunk_bytes)
-            with open_dump(real_vmcore(name)) as src:
-                pc = classifier(src)
-                pc.parallel = parallel
-                before = src.bytes_read
-                per_level = [classify_all(pc, level, DEFAULT_CYCLE, packed)
-                             for level in (31, 16, 8, 2)]
-                results[packed].append((per_level, src.bytes_read - before,
-                                        pc.struct_page_bytes))
-    (base, base_read, base_asked), *others = results[False] + results[True]
-    for _per_level, read, asked in others:
+def test_chunk_size_changes_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real vmcore: how many struct pages are read and walked at a time
+    changes neither the verdict nor a byte of what is read."""
+    results = []
+    for chunk_bytes in (1 << 21, 64 << 10, 512 * 64):
+        monkeypatch.setattr(dump_level, "_CHUNK_BYTES", chunk_bytes)
+        with open_dump(real_vmcore(name)) as src:
+            pc = classifier(src)
+            before = src.bytes_read
+            per_level = [[pc.classify(level, a, b) for a, b in cycles(0, pc.max_mapnr)]
+                         for level in (31, 16, 8, 2)]
+            results.append((per_level, src.bytes_read - before, pc.struct_page_bytes))
+    (base, base_read, base_asked), *others = results
+    assert base_asked > 0
+    for per_level, read, asked in others:
         assert read == base_read
         assert asked == base_asked
-    for packed in (False, True):
-        base = results[packed][0][0]
-        for per_level, _read, _asked in results[packed][1:]:
-            for (cat, counts), (cat0, counts0) in zip(per_level, base, strict=True):
-                assert counts == counts0
-                assert np.array_equal(cat, cat0)
-    for (exc, counts), (cat, counts0) in zip(results[True][0][0], results[False][0][0],
-                                             strict=True):
-        assert counts == counts0
-        assert np.array_equal(exc, cat != 0)
+        assert per_level == base
