@@ -27,6 +27,7 @@ drops it, the window is walked again with that block dropped.
 from __future__ import annotations
 
 import sys
+import threading
 from array import array
 from collections.abc import Sequence
 from types import ModuleType
@@ -165,7 +166,8 @@ class PageClassifier:
         self.struct_page_bytes = 0
         #: windows walked twice for a compound page larger than the look-back
         self.rewalks = 0
-        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._buffers: list[bytearray] = []     # chunk buffers not in use
 
     @property
     def layout(self) -> StructPageLayout:
@@ -299,10 +301,20 @@ class PageClassifier:
         bad.sort()
         return bad
 
-    def take_buffer(self, nbytes: int) -> memoryview:
-        if len(self._buffer) < nbytes:
-            self._buffer = bytearray(nbytes)
-        return memoryview(self._buffer)
+    def take_buffer(self, nbytes: int) -> bytearray:
+        """A chunk buffer of at least ``nbytes`` that no other thread is
+        using (the walk runs without the GIL, so two threads may classify
+        two windows at once); give it back with :meth:`give_back`."""
+        with self._lock:
+            while self._buffers:
+                buffer = self._buffers.pop()
+                if len(buffer) >= nbytes:
+                    return buffer
+        return bytearray(nbytes)
+
+    def give_back(self, buffer: bytearray) -> None:
+        with self._lock:
+            self._buffers.append(buffer)
 
 
 class _Window:
@@ -349,6 +361,15 @@ class _Window:
         # == 511), except the last, which is read one struct page further
         chunk = max(pgmm, _CHUNK_BYTES // size // pgmm * pgmm)
         buffer = pc.take_buffer((chunk + 1) * size)
+        try:
+            return self._walk_chunks(buffer, chunk, until)
+        finally:
+            pc.give_back(buffer)
+
+    def _walk_chunks(self, buffer: bytearray, chunk: int, until: int) -> list[int]:
+        native, pc = NATIVE, self.pc
+        assert native is not None
+        view = memoryview(buffer)
         outside = array("q", bytes(8 * (chunk + 1)))
         heads: set[int] = set()
         k = 0
@@ -362,7 +383,7 @@ class _Window:
                     break
                 if max(a, c0) < min(b, top):
                     runs.append((max(a, c0), min(b, top), base))
-            ok = pc.read_struct_pages(buffer, c0, runs)
+            ok = pc.read_struct_pages(view, c0, runs)
             n, until = native.walk(pc._params, self.level, buffer, c0, c0, c1, self.lo,
                                    self.end, until, self.flags, self.cat, self.start,
                                    array("q", ok), self.ranges, outside)
