@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimdump.bitmap import PfnBitmap
 from slimdump.elf import EM_386, ET_CORE, ElfHeader, Note, frame_notes
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.log import extract_dmesg
-from slimdump.kernel.pages import present_range
+from slimdump.kernel.utsname import crash_time, kdump_phys_base, read_utsname
+from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.record import replace
 from slimdump.sources import ElfCore, open_dump
 from slimdump.sources.base import DumpSource
@@ -109,12 +111,42 @@ class Vm:
         return mask
 
 
+def packed(bits: np.ndarray) -> bytes:
+    """A bool per pfn as the writers take a bitmap: packed, LSB first."""
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+def unpacked(bitmap: PfnBitmap) -> np.ndarray:
+    """A bitmap as a bool per pfn."""
+    raw = np.frombuffer(bytes(bitmap.read(0, bitmap.nbytes)), np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:bitmap.nbits].astype(bool)
+
+
+def present_pages(path: Path) -> np.ndarray:
+    """A bool per pfn: the pages holding any byte of a PT_LOAD (readelf),
+    partial pages at a segment's ends included."""
+    loads = [ld for ld in readelf_loads(path) if ld.memsz and ld.paddr != (1 << 64) - 1]
+    nbits = -(-max(ld.paddr + ld.memsz for ld in loads) // PAGE)
+    present = np.zeros(nbits, bool)
+    for ld in loads:
+        present[ld.paddr // PAGE:-(-(ld.paddr + ld.memsz) // PAGE)] = True
+    return present
+
+
+def meta_of(source: DumpSource, dump_level: int, max_mapnr: int) -> KdumpMeta:
+    """The headers' facts as slimdump's filtered dump gathers them."""
+    info = VmcoreInfo.from_notes(source.notes)
+    return KdumpMeta(source.header, note_area(source), read_utsname(source, info),
+                     crash_time(source, info), kdump_phys_base(source, info), dump_level,
+                     max_mapnr, PAGE)
+
+
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
     path = real_vmcore(SRC)
     source = open_dump(path)
-    meta = KdumpMeta.from_source(source, dump_level=1)
-    bitmap1 = present_range(source.segments, PAGE, 0, meta.max_mapnr)
+    bitmap1 = present_pages(path)
+    meta = meta_of(source, 1, len(bitmap1))
     pfns = np.arange(meta.max_mapnr)
     half = bitmap1 & ((pfns >> 9) % 2 == 0)
     present = np.flatnonzero(bitmap1)
@@ -142,7 +174,8 @@ def write_kdump_file(vm: Vm, dst: Path, bitmap2: np.ndarray, codec: str, *,
     meta = replace(vm.meta, dump_level=dump_level)
     done: list[int] = []
     with AtomicOutput(dst) as out:
-        result = write_kdump(out, meta, vm.bitmap1, bitmap2, page_reader(vm.source, PAGE),
+        result = write_kdump(out, meta, packed(vm.bitmap1), packed(bitmap2),
+                             page_reader(vm.source, PAGE),
                              codec=codec, workers=workers, progress=done.append)
         out.commit()
     assert done == sorted(done) and done[-1] == int(bitmap2.sum()) == result.pages
@@ -259,7 +292,7 @@ def test_codec_missing_module(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(DumpError, match="'lzo'"):
         kdump_writer.KdumpWriter(0, _synthetic_meta(_elf_header(True, "<", 62))[0],
-                                 np.ones(8, bool), np.ones(8, bool), codec="lzo")
+                                 b"\xff", b"\xff", codec="lzo")
     assert compress_page("zlib", bytes(PAGE))[0] == 1          # the others still work
 
 
@@ -457,7 +490,8 @@ def test_flattened_round_trip(vm: Vm, tmp_path: Path) -> None:
     write_kdump_file(vm, direct, vm.half, "lzo")
     with flat.open("wb") as stream:
         writer = FlatWriter(stream, name=str(flat))
-        write_kdump(writer, vm.meta, vm.bitmap1, vm.half, page_reader(vm.source), codec="lzo")
+        write_kdump(writer, vm.meta, packed(vm.bitmap1), packed(vm.half),
+                    page_reader(vm.source), codec="lzo")
         writer.finish()
     ours = tmp_path / "ours.kdump"
     with flat.open("rb") as stream, AtomicOutput(ours) as out:
@@ -488,7 +522,8 @@ def test_filtered_elf(vm: Vm, tmp_path: Path) -> None:
     src = vm.source
     assert isinstance(src, ElfCore)
     with AtomicOutput(dst) as out:
-        result = write_filtered_elf(out, src.header, note_area(src), src.phdrs, vm.bitmap1,
+        result = write_filtered_elf(out, src.header, note_area(src), src.phdrs,
+                                    packed(vm.bitmap1),
                                     page_reader(src), exclude_zero=True,
                                     nbits=vm.meta.max_mapnr)
         out.commit()
@@ -548,8 +583,8 @@ def test_reads_makedumpfile_output(vm: Vm, mdf: dict[str, Path], name: str) -> N
         assert dump.note_area == note_area(vm.source)
         assert dump.phys_base == vm.meta.phys_base
         assert dump.max_mapnr == vm.meta.max_mapnr
-        kept = dump.bitmap2.bits(0, dump.max_mapnr)
-        theirs = dump.bitmap1.bits(0, dump.max_mapnr)
+        kept = unpacked(dump.bitmap2)
+        theirs = unpacked(dump.bitmap1)
         tails = vm.tails_mask(dump.max_mapnr)
         assert vm.tails and not (theirs & tails).any()
         assert np.array_equal(theirs | tails, vm.bitmap1)
@@ -632,7 +667,7 @@ def _synthetic_kdump(path: Path, header: ElfHeader, codec: str = "zlib", nbits: 
     bitmap1[:3] = False
     bitmap2 = bitmap1 & (np.arange(nbits) % 7 != 3)
     with AtomicOutput(path) as out:
-        write_kdump(out, meta, bitmap1, bitmap2,
+        write_kdump(out, meta, packed(bitmap1), packed(bitmap2),
                     lambda pfn, count: memory[pfn * page:(pfn + count) * page],
                     codec=codec, workers=1)
         out.commit()
@@ -827,7 +862,8 @@ def test_flat_to_stdout_with_a_pool(tmp_path: Path) -> None:
         "meta, memory = _synthetic_meta(_elf_header(True, '<', 62), 3000)\n"
         "bits = np.arange(3000) % 11 != 4\n"
         "writer = FlatWriter(sys.stdout.buffer)\n"
-        "result = write_kdump(writer, meta, np.ones(3000, bool), bits,\n"
+        "result = write_kdump(writer, meta, bytes([255]) * 375, np.packbits(bits, "
+        "bitorder='little').tobytes(),\n"
         "    lambda p, n: memory[p * PAGE:(p + n) * PAGE], codec='zlib', workers=2,\n"
         "    cycle_pages=512)\n"
         "writer.finish()\n"
@@ -839,7 +875,7 @@ def test_flat_to_stdout_with_a_pool(tmp_path: Path) -> None:
     expected = tmp_path / "expected.flat"
     with expected.open("wb") as stream:
         writer = FlatWriter(stream)
-        write_kdump(writer, meta, np.ones(3000, bool), np.arange(3000) % 11 != 4,
+        write_kdump(writer, meta, b"\xff" * 375, packed(np.arange(3000) % 11 != 4),
                     lambda p, n: memory[p * PAGE:(p + n) * PAGE], codec="zlib", workers=1,
                     cycle_pages=512)
         writer.finish()
@@ -853,7 +889,7 @@ def test_reads_split_files(vm: Vm, mdf: dict[str, Path], tmp_path: Path) -> None
     res = run(tool("makedumpfile"), "--split", "-l", "-d", "31", vm.path, *parts, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     with open_kdump(mdf["l"]) as whole:
-        kept = whole.bitmap2.bits(0, whole.max_mapnr)
+        kept = unpacked(whole.bitmap2)
         total = whole.num_dumpable
     found = 0
     for part in parts:
@@ -889,7 +925,7 @@ def test_incomplete_dump(tmp_path: Path) -> None:
     meta, memory = _synthetic_meta(_elf_header(True, "<", 62), 3000)
     path = tmp_path / "incomplete.kdump"
     disk = _FullDisk(path, 2 << 20)
-    writer = kdump_writer.KdumpWriter(disk, meta, np.ones(3000, bool), np.ones(3000, bool),
+    writer = kdump_writer.KdumpWriter(disk, meta, b"\xff" * 375, b"\xff" * 375,
                                       codec="none", cycle_pages=256)
     with pytest.raises(DumpError, match="No space"):
         writer.write(lambda p, n: memory[p * PAGE:(p + n) * PAGE])

@@ -14,26 +14,18 @@ Bits are packed LSB first (bit ``pfn % 8`` of byte ``pfn // 8``), as the
 kdump-compressed format stores them.
 
 Windows are plain ``bytearray`` objects and bits are counted and scanned with
-Python's big integers (``int.bit_count``, shifts), all in C: the capture
-path does not load numpy.  Only the conveniences that return arrays
-(:meth:`PfnBitmap.bits`, :meth:`PfnBitmap.counts`, :meth:`PfnBitmap.to_array`)
-import it, when called.
+Python's big integers (``int.bit_count``, shifts), all in C: a capture kernel
+has no memory to spare for an array library.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from array import array
 from collections.abc import Callable, Iterator
 
 from slimdump.errors import DumpError
-from slimdump.sources.rawfile import RawFile
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
-if TYPE_CHECKING:
-    from typing import Any
-
-    import numpy as np
 
 # Bitmaps up to this many bytes stay in memory (two of them: 16 MiB, enough
 # for 256 GiB of physical address space).
@@ -96,8 +88,7 @@ class PfnBitmap:
         self._array: bytearray | None = None
         self._reader: Callable[[int, int], bytes] | None = None
         self._cached: tuple[int, bytearray] | None = None
-        self._fd = -1
-        self._file: RawFile | None = None       # the temporary file, for reads
+        self._fd = -1                           # the temporary file, when there is one
         self._directory = directory
         self._name = directory or "$TMPDIR"
         if self.nbytes <= (MEMORY_LIMIT if memory_limit is None else memory_limit):
@@ -110,7 +101,6 @@ class PfnBitmap:
             self._fd, path = tempfile.mkstemp(prefix=".slimdump-bitmap-", dir=directory)
             os.unlink(path)
             os.ftruncate(self._fd, self.nbytes)
-            self._file = RawFile(self._name, self._fd, self.nbytes)
         except OSError as exc:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -124,7 +114,7 @@ class PfnBitmap:
         at a time, the last window cached."""
         nbytes = (nbits + 7) // 8
         if nbytes <= MEMORY_LIMIT:
-            return cls.from_array(read(0, nbytes), nbits)
+            return cls.from_bytes(read(0, nbytes), nbits)
         bitmap = cls(0)
         bitmap.nbits, bitmap.nbytes, bitmap._array = nbits, nbytes, None
         bitmap._reader = read
@@ -137,12 +127,10 @@ class PfnBitmap:
         return PfnBitmap(self.nbits, directory=self._directory, memory_limit=0)
 
     @classmethod
-    def from_array(cls, packed: Any, nbits: int) -> PfnBitmap:
-        """An in-memory bitmap holding a copy of ``packed`` (bytes, or a
-        uint8 array; bits past ``nbits`` cleared; missing bytes are zero)."""
+    def from_bytes(cls, packed: bytes | bytearray | memoryview, nbits: int) -> PfnBitmap:
+        """An in-memory bitmap holding a copy of the packed bytes ``packed``
+        (bits past ``nbits`` cleared; missing bytes are zero)."""
         bitmap = cls(nbits, memory_limit=max(MEMORY_LIMIT, (nbits + 7) // 8))
-        if hasattr(packed, "dtype"):             # a numpy array, of any integer type
-            packed = packed.astype("uint8", copy=False).reshape(-1).tobytes()
         src = memoryview(packed).cast("B")
         take = min(len(src), bitmap.nbytes)
         assert bitmap._array is not None
@@ -151,21 +139,18 @@ class PfnBitmap:
             bitmap._array[-1] &= (1 << (nbits % 8)) - 1
         return bitmap
 
-    def counts(self, block: int) -> np.ndarray:
-        """Set bits per ``block`` pfns (a multiple of 8), int64, for a rank
-        index: block ``i`` covers pfns ``[i * block, (i + 1) * block)``."""
-        import numpy as np
-
+    def counts(self, block: int) -> array[int]:
+        """Set bits per ``block`` pfns (a multiple of 8), for a rank index:
+        entry ``i`` covers pfns ``[i * block, (i + 1) * block)``."""
         if block <= 0 or block % 8:
             raise ValueError("count blocks are a positive multiple of 8 pfns")
         per = block // 8
-        out = np.zeros(-(-self.nbytes // per), np.int64)
+        out = array("q", bytes(8 * -(-self.nbytes // per)))
         size = max(WINDOW_BYTES // per, 1) * per
-        table = np.array([bin(i).count("1") for i in range(256)], np.uint8)
         for offset, window in self.windows(size, data_only=True):
-            pad = (-len(window)) % per
-            counts = table[np.frombuffer(bytes(window) + bytes(pad), np.uint8)]
-            sums = counts.reshape(-1, per).sum(axis=1, dtype=np.int64)
+            view = memoryview(window)
+            sums = array("q", [int.from_bytes(view[at:at + per], "little").bit_count()
+                               for at in range(0, len(view), per)])
             out[offset // per:offset // per + len(sums)] = sums
         return out
 
@@ -189,9 +174,22 @@ class PfnBitmap:
         if self._reader is not None:
             self._read_through(offset, end, out)
             return out
-        assert self._file is not None
-        self._file.read_into(offset, memoryview(out)[:end - offset], what="page bitmap")
+        self._pread_into(offset, memoryview(out)[:end - offset])
         return out
+
+    def _pread_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` from the temporary file (sized on creation: a short
+        read is an error of the file system, not a hole)."""
+        done = 0
+        try:
+            while done < len(buf):
+                got = os.preadv(self._fd, [buf[done:]], offset + done)
+                if not got:
+                    raise OSError(0, f"the file ends at {offset + done:#x}")
+                done += got
+        except OSError as exc:
+            raise DumpError(self._name, f"page bitmap read failed: "
+                                        f"{exc.strerror or exc}") from None
 
     def _read_through(self, offset: int, end: int, out: bytearray) -> None:
         """Fill ``out`` with bytes [offset, end) of a read-only bitmap, a
@@ -211,10 +209,8 @@ class PfnBitmap:
             out[at - offset:stop - offset] = window[at - base:stop - base]
             at = stop
 
-    def write(self, offset: int, data: Any) -> None:
-        """Store bytes (or a uint8 array) at ``offset`` (within the bitmap)."""
-        if hasattr(data, "dtype"):
-            data = data.astype("uint8", copy=False).tobytes()
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Store packed bytes at ``offset`` (within the bitmap)."""
         if offset < 0 or offset + len(data) > self.nbytes:
             raise ValueError("write past the end of the bitmap")
         if self._reader is not None:
@@ -254,24 +250,16 @@ class PfnBitmap:
 
     # -- bits -------------------------------------------------------------------
 
-    def bits(self, start: int, count: int) -> np.ndarray:
-        """bool[count] for pfns [start, start + count), False past the end."""
-        import numpy as np
-
-        if count <= 0:
-            return np.zeros(0, np.bool_)
+    def first_clear(self, start: int, end: int) -> int:
+        """The first pfn of [start, end) whose bit is clear (pfns past the
+        bitmap are clear), or ``end`` if there is none."""
+        if start >= end:
+            return end
         first = start // 8
-        packed = np.frombuffer(self.read(first, (start + count + 7) // 8 - first), np.uint8)
-        bits = np.unpackbits(packed, bitorder="little")[start - first * 8:][:count]
-        return bits.astype(np.bool_)
-
-    def set_bits(self, start: int, bits: np.ndarray) -> None:
-        """Store bool ``bits`` for pfns from ``start``, a multiple of 8."""
-        import numpy as np
-
-        if start % 8:
-            raise ValueError("bits are stored from a multiple of 8")
-        self.write(start // 8, np.packbits(bits, bitorder="little"))
+        packed = self.read(first, (end + 7) // 8 - first)
+        count = end - start
+        clear = ~(int.from_bytes(packed, "little") >> (start - first * 8)) & ((1 << count) - 1)
+        return start + (clear & -clear).bit_length() - 1 if clear else end
 
     def clear(self, pfn: int) -> None:
         if 0 <= pfn < self.nbits:
@@ -316,18 +304,10 @@ class PfnBitmap:
                 return False
         return True
 
-    def to_array(self) -> np.ndarray:
-        """The whole packed bitmap in memory, as a uint8 array (for small
-        bitmaps and tests)."""
-        import numpy as np
-
-        return np.frombuffer(self.read(0, self.nbytes), np.uint8).copy()
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._file = None
         self._array = None
 
     def __enter__(self) -> PfnBitmap:

@@ -50,7 +50,7 @@ def open_dump(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
         magic = raw.read_at(0, 16, what="file signature", allow_short=True)
         if magic[:4] == b"\x7fELF":
             return ElfCore(raw)
-        # the makedumpfile formats need numpy: imported only when met
+        # the makedumpfile formats' modules are imported only when met
         if magic[:8] in _KDUMP_SIGNATURES:
             from slimdump.sources.kdump import KdumpFile
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import struct
-
-import numpy as np
+from bisect import bisect_right
 
 from slimdump.errors import DumpError
 from slimdump.sources.base import DumpSource
@@ -109,7 +108,7 @@ class FlatStream:
                     pieces[-1] = (pieces[-1][0], hi, pieces[-1][2])
                 else:
                     pieces.append((lo, hi, at))
-        self._starts = np.array([p[0] for p in pieces], np.int64)
+        self._starts = [p[0] for p in pieces]
         self._pieces = pieces
         self.size = pieces[-1][1] if pieces else 0
 
@@ -135,7 +134,7 @@ class FlatStream:
                                            f"data up to {self.size:#x}")
             end = max(offset, self.size)
         out = bytearray(end - offset)
-        index = max(0, int(np.searchsorted(self._starts, offset, side="right")) - 1)
+        index = max(0, bisect_right(self._starts, offset) - 1)
         while index < len(self._pieces):
             lo, hi, at = self._pieces[index]
             if lo >= end:

@@ -12,7 +12,7 @@ as a small number, the word size follows from ``utsname.machine`` (64-bit
 machines, i386's 4-byte packing, or the 8-byte alignment of ARM and other
 32-bit ABIs), and for unknown machines from which layout gives a sane block
 size.  The binary layouts live in :mod:`slimdump.sources.kdump_headers`
-(numpy-free, shared with :mod:`slimdump.writers.kdump`).
+(shared with :mod:`slimdump.writers.kdump`).
 
 Opening reads the headers, the notes and both bitmaps; pages are read only
 by :meth:`KdumpFile.read_phys`, which finds a page's descriptor by counting
@@ -23,11 +23,13 @@ hostile or truncated file gives a one-line :class:`DumpError`.
 
 from __future__ import annotations
 
+import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import accumulate
+from operator import add
 from typing import Protocol
-
-import numpy as np
 
 from slimdump.bitmap import PfnBitmap
 from slimdump.elf import (
@@ -52,8 +54,9 @@ from slimdump.sources.kdump_headers import (  # noqa: F401  (re-exported)
     DiskDumpHeader,
     KdumpAbi,
     KdumpSubHeader,
+    PageDescriptors,
     Utsname,
-    _detect_abi,
+    detect_abi,
     machine_info,
 )
 from slimdump.writers.codecs import (
@@ -65,9 +68,6 @@ from slimdump.writers.codecs import (
 # More than this in a note area or eraseinfo is not something makedumpfile writes.
 MAX_METADATA = 256 << 20
 PREFIX_BLOCK = 4096          # pfns per prefix-count entry
-PAGE_DESC_DTYPE = {e: np.dtype([("offset", e + "i8"), ("size", e + "u4"),
-                                ("flags", e + "u4"), ("page_flags", e + "u8")])
-                   for e in "<>"}
 
 
 class RawLike(Protocol):
@@ -99,7 +99,8 @@ class KdumpFile(DumpSource):
         if block0[:8] not in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):
             raise DumpError(self.path, "not a kdump-compressed file (no KDUMP signature)")
         self.is_kdump = block0[:8] == KDUMP_SIGNATURE
-        self.abi, machine = _detect_abi(self.path, block0)
+        self.abi, machine = detect_abi(self.path, block0)
+        self._desc_format = struct.Struct(self.abi.endian + "qII8x")
         self.dump_header = DiskDumpHeader.unpack(block0, self.abi)
         hdr = self.dump_header
         self.header_version = hdr.header_version
@@ -181,8 +182,7 @@ class KdumpFile(DumpSource):
         while -(-self.max_mapnr // block) > 1 << 20:
             block *= 2
         self._prefix_block = block
-        self._prefix = np.concatenate([[0], np.cumsum(self.bitmap2.counts(block))]).astype(
-            np.int64)
+        self._prefix = array("q", accumulate(self.bitmap2.counts(block), initial=0))
         if self.split:
             first, last = self.sub_header.start_pfn_64, self.sub_header.end_pfn_64
             if self.header_version < 6:
@@ -273,9 +273,8 @@ class KdumpFile(DumpSource):
         first = self.num_dumpable - count
         table_end = self.desc_offset + PAGE_DESC_SIZE * (first + count)
         if count and table_end <= self.size:
-            descs = self._descriptors(first, count)
-            ends = descs["offset"].astype(np.int64) + descs["size"].astype(np.int64)
-            end = max(end, int(ends.max()))
+            descs = self.descriptors(first, count)
+            end = max(end, max(map(add, descs.offsets, descs.sizes)))
         else:
             end = max(end, table_end)
         sub = self.sub_header
@@ -350,15 +349,13 @@ class KdumpFile(DumpSource):
         table (a --split part writes its descriptors from slot 0)."""
         return self._first_pos
 
-    def descriptors(self, pos: int, count: int) -> np.ndarray:
-        """``count`` page descriptors of this file from slot ``pos``
-        (offset, size, flags, page_flags), unchecked."""
-        return self._descriptors(pos, count)
+    def descriptors(self, pos: int, count: int) -> PageDescriptors:
+        """``count`` page descriptors of this file from slot ``pos``, unchecked."""
+        return PageDescriptors(self._descriptor_bytes(pos, count), self.abi.endian)
 
-    def _descriptors(self, pos: int, count: int) -> np.ndarray:
-        data = self.raw.read_at(self.desc_offset + PAGE_DESC_SIZE * pos, PAGE_DESC_SIZE * count,
+    def _descriptor_bytes(self, pos: int, count: int) -> bytes:
+        return self.raw.read_at(self.desc_offset + PAGE_DESC_SIZE * pos, PAGE_DESC_SIZE * count,
                                 what="page descriptors")
-        return np.frombuffer(data, PAGE_DESC_DTYPE[self.abi.endian])
 
     # -- reading ---------------------------------------------------------------
 
@@ -366,23 +363,24 @@ class KdumpFile(DumpSource):
         """``count`` consecutive dumped pages from ``pfn``; NotInDump at the
         first page the file does not hold."""
         pages: list[bytes] = []
+        if count <= 0:
+            return pages
         lo, hi = self.pfn_range
-        held = self.bitmap2.bits(pfn, count) & (np.arange(pfn, pfn + count) >= lo) \
-            & (np.arange(pfn, pfn + count) < hi)
-        if not held.all():
-            at = pfn + int(np.argmin(held))
-            if self.split and not lo <= at < hi and self.bitmap2.bits(at, 1)[0]:
+        end = pfn + count
+        # the first pfn not held: before the range, not dumped, or past the range
+        at = pfn if pfn < lo else self.bitmap2.first_clear(pfn, max(pfn, min(end, hi)))
+        if at < end:
+            dumped = self.bitmap2.read(at >> 3, 1)[0] >> (at & 7) & 1
+            if self.split and not lo <= at < hi and dumped:
                 raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
                                            f"(pfn {at:#x}) is in another part of this "
                                            f"makedumpfile --split set; this part holds "
                                            f"{self.split_range_text()}: give every part")
             raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
                                        f"(pfn {at:#x}) is not in the dump")
-        pos = self._rank(pfn) - self._first_pos
-        descs = self._descriptors(pos, count)   # split files: slot 0 = their first page
-        offsets = descs["offset"].astype(np.int64)
-        sizes = descs["size"].astype(np.int64)
-        flags = descs["flags"]
+        pos = self._rank(pfn) - self._first_pos   # split files: slot 0 = their first page
+        offsets, sizes, flags = zip(*self._desc_format.iter_unpack(
+            self._descriptor_bytes(pos, count)), strict=True)
         i = 0
         while i < count:
             # one read for a stretch of pages whose data lie back to back
@@ -390,18 +388,16 @@ class KdumpFile(DumpSource):
             while (j < count and j - i < 1024 and offsets[j] == offsets[j - 1] + sizes[j - 1]
                    and offsets[j] != 0):
                 j += 1
-            self._check_descriptor(pfn + i, int(offsets[i]), int(sizes[i]))
-            for k in range(i + 1, j):
-                self._check_descriptor(pfn + k, int(offsets[k]), int(sizes[k]))
-            blob = self.raw.read_at(int(offsets[i]), int(offsets[j - 1] + sizes[j - 1]
-                                                         - offsets[i]),
+            for k in range(i, j):
+                self._check_descriptor(pfn + k, offsets[k], sizes[k])
+            blob = self.raw.read_at(offsets[i], offsets[j - 1] + sizes[j - 1] - offsets[i],
                                     what=f"page data of pfn {pfn + i:#x}")
             at = 0
             for k in range(i, j):
-                stored = blob[at:at + int(sizes[k])]
-                at += int(sizes[k])
+                stored = blob[at:at + sizes[k]]
+                at += sizes[k]
                 try:
-                    pages.append(decompress(int(flags[k]), stored, self.block_size))
+                    pages.append(decompress(flags[k], stored, self.block_size))
                 except DumpError as exc:
                     raise DumpError(self.path, f"page at {(pfn + k) * self.block_size:#x} "
                                                f"(pfn {pfn + k:#x}): {exc.problem}") from None

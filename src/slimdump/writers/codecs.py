@@ -299,32 +299,25 @@ def zero_page_bits(data: bytes | memoryview, page_size: int) -> bytes:
     return zero_page_bits_python(data, page_size)
 
 
-def pack_pages_python(codec: Codec, data: bytes, page_size: int) -> PackedPages:
-    """:func:`pack_pages` in Python (and numpy), for codecs or machines the
-    C accelerator does not serve.  Same bytes, slower."""
-    import numpy as np
-
-    count = len(data) // page_size
-    pages = np.frombuffer(data, np.uint8, count * page_size).reshape(count, page_size)
-    zero = ~pages.view(np.uint64).any(axis=1) if page_size % 8 == 0 else ~pages.any(axis=1)
-    rest = pages[~zero].tobytes() if zero.any() else bytes(data[:count * page_size])
-    if codec.flag == 0:
-        n = len(rest) // page_size
-        flags = bytes(4 * n)
-        sizes = np.full(n, page_size, np.uint32).tobytes()
-        blob = rest
-    else:
-        flags, sizes, blob = compress_pages(codec.name, rest, page_size)
-    return zero.astype(np.uint8).tobytes(), flags, sizes, blob
+def pack_pages_python(codec: Codec, data: bytes | memoryview, page_size: int) -> PackedPages:
+    """:func:`pack_pages` in plain Python, for machines without the C
+    accelerator.  Same bytes, slower."""
+    return _pack_pages_with(zero_page_bits_python, codec, data, page_size)
 
 
-def pack_pages_zero_native(codec: Codec, data: bytes, page_size: int) -> PackedPages:
+def pack_pages_zero_native(codec: Codec, data: bytes | memoryview,
+                           page_size: int) -> PackedPages:
     """:func:`pack_pages` for codecs the C packer lacks (snappy, zstd): the
     zero test in C (:func:`zero_page_bits`), the compression per page in
-    Python; no numpy.  Same bytes as :func:`pack_pages_python`."""
+    Python.  Same bytes as :func:`pack_pages_python`."""
+    return _pack_pages_with(zero_page_bits, codec, data, page_size)
+
+
+def _pack_pages_with(zero_bits: Callable[[bytes | memoryview, int], bytes], codec: Codec,
+                     data: bytes | memoryview, page_size: int) -> PackedPages:
     count = len(data) // page_size
     view = memoryview(data)
-    bits = int.from_bytes(zero_page_bits(view[:count * page_size], page_size), "little")
+    bits = int.from_bytes(zero_bits(view[:count * page_size], page_size), "little")
     zero = bytes(bits >> i & 1 for i in range(count))
     rest = b"".join(view[i * page_size:(i + 1) * page_size]
                     for i in range(count) if not bits >> i & 1)

@@ -125,10 +125,7 @@ def plan_loads(loads: Sequence[ProgramHeader | Segment], bitmap: BitmapLike | Pf
 def _bitmap_bits(bitmap: BitmapLike | PfnBitmap) -> int:
     if isinstance(bitmap, PfnBitmap):
         return bitmap.nbits
-    dtype = getattr(bitmap, "dtype", None)            # a numpy array
-    if dtype is not None:
-        return len(bitmap) if dtype.kind == "b" else bitmap.size * 8
-    return len(memoryview(bitmap).cast("B")) * 8
+    return memoryview(bitmap).nbytes * 8
 
 
 def clear_zero_pages(bitmap: BitmapLike | PfnBitmap, read_pages: ReadPages, page_size: int,
@@ -216,7 +213,7 @@ def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: by
     """Write the -E file.  ``header``: the source's ELF header (class, byte
     order, machine); ``notes``: its merged note area; ``loads``: its PT_LOADs
     (program headers, or Segments taken as RWX with p_align 0); ``bitmap``:
-    dumpable pfns (bool per pfn or packed); ``read_pages(start_pfn, count)``
+    dumpable pfns (packed bytes or a PfnBitmap); ``read_pages(start_pfn, count)``
     whole pages.  ``progress(bytes_done)`` after each chunk of data."""
     started = time.monotonic()
     target = as_output(out)

@@ -27,7 +27,7 @@ from slimdump.sources.kdump_headers import (
     DISKDUMP_SIGNATURE,
     KDUMP_SIGNATURE,
     DiskDumpHeader,
-    _detect_abi,
+    detect_abi,
 )
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import as_output
@@ -224,7 +224,7 @@ def promised_size(head: bytes, name: str) -> int | None:
     (another format, headers beyond ``head``)."""
     if head[:8] in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE) and len(head) >= 464:
         try:
-            abi, _machine = _detect_abi(name, head[:1024])
+            abi, _machine = detect_abi(name, head[:1024])
             hdr = DiskDumpHeader.unpack(head[:1024], abi)
         except (DumpError, struct.error):
             return None                 # -R rearranges whatever it is given

@@ -36,10 +36,8 @@ from collections.abc import Callable, Iterator
 from functools import cached_property
 
 from slimdump.bitmap import PfnBitmap, is_zero
-from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, ElfHeader, align4, frame_notes, parse_notes
+from slimdump.elf import ElfHeader, align4, frame_notes, parse_notes
 from slimdump.errors import DumpError, NotInDump
-from slimdump.kernel.pages import max_mapnr as pfn_count
-from slimdump.kernel.x86_64 import find_phys_base
 from slimdump.record import field, record
 from slimdump.sources.base import DumpSource
 from slimdump.sources.kdump_headers import (
@@ -58,7 +56,6 @@ from slimdump.writers.codecs import (
     Codec,
     PackedPages,
     compress_page,
-    get_codec,
     pack_pages,
     require,
 )
@@ -76,10 +73,8 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
     from typing import Any, Protocol
 
-    import numpy as np
-
-    BitmapLike = np.ndarray | bytes | bytearray | memoryview
-    """A bitmap: a bool array (index = pfn) or packed bytes, LSB = lowest pfn."""
+    BitmapLike = bytes | bytearray | memoryview
+    """A bitmap as packed bytes: bit ``pfn % 8`` of byte ``pfn // 8``."""
 
     class PositionedOutput(Protocol):
         """Where writers put bytes: ``write(data, offset)`` writes all of it."""
@@ -118,17 +113,9 @@ def as_output(out: PositionedOutput | int) -> PositionedOutput:
 
 
 def pack_bitmap(bitmap: BitmapLike, nbits: int) -> bytes:
-    """A packed (LSB-first) copy of ``bitmap`` holding exactly ``nbits``
-    bits; bits beyond are cleared."""
-    dtype = getattr(bitmap, "dtype", None)
-    if dtype is not None and dtype.kind == "b":      # a numpy bool array: one pfn each
-        import numpy as np
-
-        packed = np.packbits(bitmap[:nbits], bitorder="little").tobytes()
-    elif dtype is not None:
-        packed = bitmap.astype("uint8", copy=False).tobytes()
-    else:
-        packed = bytes(bitmap)
+    """A copy of the packed bits ``bitmap`` holding exactly ``nbits`` bits;
+    bits beyond are cleared, missing bytes are zero."""
+    packed = bytes(bitmap)
     nbytes = (nbits + 7) // 8
     out = bytearray(packed[:nbytes].ljust(nbytes, b"\0"))
     if nbits % 8 and nbytes:
@@ -137,13 +124,13 @@ def pack_bitmap(bitmap: BitmapLike, nbits: int) -> bytes:
 
 
 def as_pfn_bitmap(bitmap: BitmapLike | PfnBitmap, nbits: int) -> PfnBitmap:
-    """``bitmap`` as a :class:`PfnBitmap` of exactly ``nbits`` bits (arrays
-    and bytes are copied into memory, as :func:`pack_bitmap` does)."""
+    """``bitmap`` as a :class:`PfnBitmap` of exactly ``nbits`` bits (packed
+    bytes are copied into memory, as :func:`pack_bitmap` does)."""
     if isinstance(bitmap, PfnBitmap):
         if bitmap.nbits != nbits:
             raise ValueError(f"bitmap of {bitmap.nbits} bits where {nbits} are needed")
         return bitmap
-    return PfnBitmap.from_array(pack_bitmap(bitmap, nbits), nbits)
+    return PfnBitmap.from_bytes(pack_bitmap(bitmap, nbits), nbits)
 
 
 class PageReader:
@@ -196,40 +183,6 @@ def page_reader(source: DumpSource, page_size: int = 4096) -> PageReader:
     return PageReader(source, page_size)
 
 
-def _fallback_utsname(source: DumpSource) -> Utsname:
-    from slimdump.kernel.vmcoreinfo import VmcoreInfo
-
-    info = VmcoreInfo.from_notes(source.notes)
-    release = (info.osrelease if info else None) or ""
-    machine = {EM_386: "i686"}.get(source.header.e_machine, source.header.machine_name)
-    return Utsname(release=release.encode(), machine=machine.encode())
-
-
-def read_utsname(source: DumpSource) -> Utsname:
-    """The crashed kernel's utsname from ``init_uts_ns`` in its memory (what
-    makedumpfile puts in the header; crash checks ``machine``).  Falls back
-    to VMCOREINFO's OSRELEASE and the ELF machine when memory cannot say."""
-    existing = getattr(source, "utsname", None)
-    if isinstance(existing, Utsname):
-        return existing
-    from slimdump.kernel.memory import KernelMemory
-    from slimdump.kernel.vmcoreinfo import VmcoreInfo
-
-    info = VmcoreInfo.from_notes(source.notes)
-    if info is None:
-        return _fallback_utsname(source)
-    base = info.symbol("init_uts_ns")
-    offset = info.offset("uts_namespace.name")
-    if base is None or offset is None:
-        return _fallback_utsname(source)
-    try:
-        data = KernelMemory(source, info).read(base + offset, 6 * 65)
-    except DumpError:
-        return _fallback_utsname(source)
-    uts = Utsname.unpack(data)
-    return uts if uts.release else _fallback_utsname(source)
-
-
 def note_area(source: DumpSource) -> bytes:
     """The source's notes as the vmcore's merged PT_NOTE holds them: the raw
     bytes where the source keeps them, framed again otherwise."""
@@ -246,10 +199,14 @@ def note_area(source: DumpSource) -> bytes:
 
 @record(frozen=True)
 class KdumpMeta:
-    """What the headers say about the crashed machine.
+    """What the headers say about the crashed machine, as values: the
+    caller reads them from the kernel (:mod:`slimdump.kernel.utsname`), the
+    writer only formats them.
 
+    ``header``: the source's ELF header (word size, byte order, machine);
     ``notes`` is the merged note area, copied after the sub header;
-    ``phys_base`` may be negative (stored as its 64-bit pattern);
+    ``crashtime``: seconds since the epoch; ``phys_base`` may be negative
+    (stored as its 64-bit pattern); ``max_mapnr``: pfns the bitmaps cover;
     ``nr_cpus`` None means the number of CORE/NT_PRSTATUS notes.
     """
 
@@ -262,37 +219,6 @@ class KdumpMeta:
     max_mapnr: int
     page_size: int = 4096
     nr_cpus: int | None = None
-
-    @classmethod
-    def from_source(cls, source: DumpSource, *, dump_level: int,
-                    utsname: Utsname | None = None, page_size: int | None = None) -> KdumpMeta:
-        """Everything from a source: VMCOREINFO (CRASHTIME, phys_base,
-        PAGESIZE), the notes, ``init_uts_ns`` and the memory map."""
-        from slimdump.kernel.vmcoreinfo import VmcoreInfo
-
-        info = VmcoreInfo.from_notes(source.notes)
-        page_size = page_size or (info.page_size if info else None) or 4096
-        crashtime = (info.crashtime if info else None) or getattr(source, "crashtime", 0) or 0
-        phys_base = getattr(source, "phys_base", None)
-        if not isinstance(phys_base, int):
-            phys_base = _phys_base(source, info)
-        max_mapnr = getattr(source, "max_mapnr", None)
-        if not isinstance(max_mapnr, int):
-            max_mapnr = pfn_count(source.segments, page_size)
-        return cls(source.header, note_area(source), utsname or read_utsname(source),
-                   crashtime, phys_base, dump_level, max_mapnr, page_size)
-
-
-def _phys_base(source: DumpSource, info: object) -> int:
-    """makedumpfile's phys_base: x86_64 NUMBER(phys_base) or the kernel-image
-    segment, arm64 NUMBER(PHYS_OFFSET), otherwise 0."""
-    number = getattr(info, "number", None)
-    machine = source.header.e_machine
-    if machine == EM_X86_64:
-        return find_phys_base(info, source.segments) or 0
-    if machine == EM_AARCH64 and number:
-        return number("PHYS_OFFSET") or 0
-    return 0
 
 
 @record
@@ -325,7 +251,7 @@ class KdumpWriter:
     writes everything.
 
     ``bitmap1``/``bitmap2``: :class:`~slimdump.bitmap.PfnBitmap` (used as
-    they are, whatever their size) or arrays/bytes (copied into memory).
+    they are, whatever their size) or packed bytes (copied into memory).
     ``workers``: worker threads (default: all CPUs; 1 does everything in
     the calling thread).  ``executor``: an existing pool to use instead of
     starting one.  ``cycle_pages``: pfns of the 2nd bitmap scanned at once
@@ -662,6 +588,5 @@ def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLik
 
 
 __all__ = ["BitmapLike", "FdOutput", "KdumpMeta", "KdumpResult", "KdumpWriter",
-           "PageReader", "ReadPages", "Utsname", "descriptors_python",
-           "get_codec", "note_area",
-           "pack_bitmap", "page_reader", "read_utsname", "write_kdump"]
+           "PageReader", "ReadPages", "descriptors_python", "note_area",
+           "pack_bitmap", "page_reader", "write_kdump"]

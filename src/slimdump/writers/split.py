@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array
 from collections.abc import Callable, Sequence
+from operator import add
 
 from slimdump.bitmap import PfnBitmap
 from slimdump.errors import DumpError
@@ -153,15 +155,22 @@ def join_parts(source: SplitSource, out: PositionedOutput) -> int:
         count = part.num_dumpable
         end = data_start
         for pos in range(0, count, JOIN_DESCRIPTORS):
-            descs = part.descriptors(pos, min(JOIN_DESCRIPTORS, count - pos)).copy()
-            moved = (descs["offset"] != zero_at) & (descs["offset"] != 0)
-            offsets, sizes = descs["offset"][moved], descs["size"][moved].astype("int64")
-            if len(offsets):
-                if int(offsets.min()) < data_start or int((offsets + sizes).max()) > part.size:
+            descs = part.descriptors(pos, min(JOIN_DESCRIPTORS, count - pos))
+            offsets, sizes, delta = descs.offsets, descs.sizes, at - data_start
+            if zero_at not in offsets and 0 not in offsets:       # the usual case: C loops
+                ends = [(min(offsets), max(map(add, offsets, sizes)))]
+                descs.offsets = array("q", map(delta.__add__, offsets))
+            else:   # the shared zero page and lost pages (offset 0) stay where they are
+                moved = [(o, o + s) for o, s in zip(offsets, sizes, strict=True)
+                         if o != zero_at and o != 0]
+                ends = [(min(o for o, _ in moved), max(e for _, e in moved))] if moved else []
+                descs.offsets = array("q", [o if o == zero_at or o == 0 else o + delta
+                                            for o in offsets])
+            for low, high in ends:
+                if low < data_start or high > part.size:
                     raise DumpError(part.path, "a page descriptor points outside the page data")
-                end = max(end, int((offsets + sizes).max()))
-            descs["offset"][moved] += at - data_start
-            out.write(descs.tobytes(), first.desc_offset + PAGE_DESC_SIZE
+                end = max(end, high)
+            out.write(descs.pack(), first.desc_offset + PAGE_DESC_SIZE
                       * (part.first_slot + pos))
         for offset in range(data_start, end, JOIN_COPY):
             size = min(JOIN_COPY, end - offset)
