@@ -98,9 +98,9 @@ def test_pages_cross_decompress(tmp_path: Path) -> None:
         (tmp_path / "cramjam").write_bytes(pack(ours))
         done = debian(SERIAL + f"""
 from pathlib import Path
-from slimdump.writers import codecs
+from slimdump import codecs
 codec = codecs.CODECS[{codec!r}]
-print(codecs._module(codec).__name__)
+print(codecs.implementation(codec).__name__)
 d = Path({str(tmp_path)!r})
 pages = unpack((d / "pages").read_bytes())
 compress = codecs.compressor(codec)

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimdump import codecs
 from slimdump.bitmap import PfnBitmap
+from slimdump.codecs import CODECS, compress_page, decompress
 from slimdump.elf import EM_386, ET_CORE, ElfHeader, Note, frame_notes
 from slimdump.errors import DumpError, NotInDump
 from slimdump.kernel.log import extract_dmesg
@@ -40,21 +42,16 @@ from slimdump.record import replace
 from slimdump.sources import ElfCore, open_dump
 from slimdump.sources.base import DumpSource
 from slimdump.sources.flat import FlatFile, FlatStream, open_flattened
-from slimdump.sources.kdump import KdumpAbi, KdumpFile, Utsname
+from slimdump.sources.kdump import KdumpFile
+from slimdump.sources.kdump_headers import KdumpAbi, Utsname
 from slimdump.sources.rawfile import RawFile
-from slimdump.writers import codecs
 from slimdump.writers import kdump as kdump_writer
+from slimdump.writers import pagepack
 from slimdump.writers.atomic import AtomicOutput
-from slimdump.writers.codecs import CODECS, compress_page, decompress
 from slimdump.writers.elf_filtered import write_filtered_elf
 from slimdump.writers.flat import FlatWriter, flat_header, reassemble
-from slimdump.writers.kdump import (
-    KdumpMeta,
-    KdumpResult,
-    note_area,
-    page_reader,
-    write_kdump,
-)
+from slimdump.writers.inputs import note_area, page_reader
+from slimdump.writers.kdump import KdumpMeta, KdumpResult, write_kdump
 from tests.conftest import real_vmcore, require_module, require_native, run, tool, vmcore_facts
 from tests.oracles import held_page, partial_tail_pfns, readelf_loads
 
@@ -360,9 +357,9 @@ def test_output_independent_of_threads_and_packer(vm: Vm, tmp_path: Path, codec:
     assert (result.zero_pages > 0) == (dump_level == 1)
     assert write_kdump_file(vm, single, some, codec, workers=1,
                             dump_level=dump_level).workers == 1
-    monkeypatch.setattr(codecs, "NATIVE_PACK", None)
-    monkeypatch.setattr(codecs, "NATIVE_ZERO_BITS", None)
-    monkeypatch.setattr(kdump_writer, "_native_descriptors", None)
+    monkeypatch.setattr(pagepack, "NATIVE_PACK", None)
+    monkeypatch.setattr(pagepack, "NATIVE_ZERO_BITS", None)
+    monkeypatch.setattr(pagepack, "NATIVE_DESCRIPTORS", None)
     write_kdump_file(vm, python, some, codec, workers=2, dump_level=dump_level)
     assert filecmp.cmp(threaded, single, shallow=False)
     assert filecmp.cmp(threaded, python, shallow=False)
@@ -374,7 +371,7 @@ def test_native_descriptors_equal_python(share: bool, big_endian: bool) -> None:
     """The C descriptor builder writes what descriptors_python writes, which
     is checked here field by field against the format (offset, size, flags,
     zero page_flags; 24 bytes each in the dump's byte order)."""
-    require_native(kdump_writer._native_descriptors, "slimdump.writers._pagepack")
+    require_native(pagepack.NATIVE_DESCRIPTORS, "slimdump.writers._pagepack")
     rng = np.random.default_rng(7)
     zero = (rng.random(300) < 0.3).astype(np.uint8)
     n = int(len(zero) - zero.sum())
@@ -382,8 +379,8 @@ def test_native_descriptors_equal_python(share: bool, big_endian: bool) -> None:
     sizes = np.where(flags == 0, 4096, rng.integers(10, 4095, n)).astype(np.uint32)
     args = (zero.tobytes(), flags.tobytes(), sizes.tobytes(), 1 << 33, 0x5000, 4096, 2, 70,
             big_endian, share)
-    native = kdump_writer._native_descriptors(*args)
-    assert native == kdump_writer.descriptors_python(*args)
+    native = pagepack.NATIVE_DESCRIPTORS(*args)
+    assert native == pagepack.descriptors_python(*args)
     descs = np.frombuffer(native[0], np.dtype([("offset", ">i8" if big_endian else "<i8"),
                                                ("size", ">u4" if big_endian else "<u4"),
                                                ("flags", ">u4" if big_endian else "<u4"),
@@ -406,7 +403,7 @@ def test_native_descriptors_equal_python(share: bool, big_endian: bool) -> None:
 def test_native_packer_built() -> None:
     """CI builds the C packer (make setup installs gcc and liblzo2-dev); a
     silent fallback to Python would only show as a slow benchmark."""
-    require_native(codecs.NATIVE_PACK, "slimdump.writers._pagepack")
+    require_native(pagepack.NATIVE_PACK, "slimdump.writers._pagepack")
 
 
 @pytest.mark.parametrize("page_size", [1024, 4096, 65536])
@@ -416,7 +413,7 @@ def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
     path's (which test_kdump_codecs holds to makedumpfile and drgn): real
     memory, zero pages, incompressible pages, and a page that is zero but
     for its last byte."""
-    require_native(codecs.NATIVE_PACK, "slimdump.writers._pagepack")
+    require_native(pagepack.NATIVE_PACK, "slimdump.writers._pagepack")
     real = vm.source.read_phys(0x1000000, 64 * 4096)
     almost = bytearray(page_size)
     almost[-1] = 1
@@ -424,8 +421,8 @@ def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
             + bytes(almost) + real[32 * 4096:])
     data = data[:len(data) // page_size * page_size]
     found = codecs.get_codec(codec)
-    native = codecs.NATIVE_PACK(data, page_size, found.flag)
-    python = codecs.pack_pages_python(found, data, page_size)
+    native = pagepack.NATIVE_PACK(data, page_size, found.flag)
+    python = pagepack.pack_pages_python(found, data, page_size)
     assert native == python
     zero = np.frombuffer(native[0], np.uint8)
     assert zero.sum() >= 3 and len(zero) == len(data) // page_size
@@ -434,19 +431,19 @@ def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
         assert (flags == 0).sum() >= 2 and (flags == found.flag).any()
     # an unaligned view reads the same
     odd = memoryview(b"x" + data)[1:]
-    assert codecs.NATIVE_PACK(odd, page_size, found.flag) == native
+    assert pagepack.NATIVE_PACK(odd, page_size, found.flag) == native
 
 
 @pytest.mark.parametrize("codec", ["snappy", "zstd", "lzo", "none"])
 def test_zero_native_pack_equals_python(vm: Vm, codec: str) -> None:
     """Codecs the C packer lacks: zero test in C, compression in Python,
     the same (zero, flags, sizes, blob) as the numpy path."""
-    require_native(codecs.NATIVE_ZERO_BITS, "slimdump.writers._pagepack")
+    require_native(pagepack.NATIVE_ZERO_BITS, "slimdump.writers._pagepack")
     data = (vm.source.read_phys(0x1000000, 16 * 4096) + bytes(3 * 4096) + os.urandom(4096)
             + vm.source.read_phys(0x2000000, 8 * 4096))
     found = codecs.get_codec(codec)
-    mixed = codecs.pack_pages_zero_native(found, data, 4096)
-    assert mixed == codecs.pack_pages_python(found, data, 4096)
+    mixed = pagepack.pack_pages_zero_native(found, data, 4096)
+    assert mixed == pagepack.pack_pages_python(found, data, 4096)
     assert sum(mixed[0]) >= 3
 
 
@@ -455,29 +452,29 @@ def test_native_zero_bits_equal_python(vm: Vm, page_size: int) -> None:
     """The C zero test of the -E zero pass agrees with plain Python on real
     memory with zero pages, a page zero but for its last byte, and page
     counts that do not fill the last byte of bits."""
-    require_native(codecs.NATIVE_ZERO_BITS, "slimdump.writers._pagepack")
+    require_native(pagepack.NATIVE_ZERO_BITS, "slimdump.writers._pagepack")
     almost = bytearray(page_size)
     almost[-1] = 1
     data = (vm.source.read_phys(0x1000000, 8 * 4096) + bytes(3 * page_size) + bytes(almost)
             + os.urandom(page_size) + bytes(page_size))
     for count in (1, 7, 8, 9, len(data) // page_size):
         part = data[:count * page_size]
-        native = codecs.NATIVE_ZERO_BITS(part, page_size)
-        assert native == codecs.zero_page_bits_python(part, page_size)
+        native = pagepack.NATIVE_ZERO_BITS(part, page_size)
+        assert native == pagepack.zero_page_bits_python(part, page_size)
         assert len(native) == (count + 7) // 8
-    bits = int.from_bytes(codecs.NATIVE_ZERO_BITS(data, page_size), "little")
+    bits = int.from_bytes(pagepack.NATIVE_ZERO_BITS(data, page_size), "little")
     n = len(data) // page_size
     assert [bits >> i & 1 for i in range(n - 6, n)] == [1, 1, 1, 0, 0, 1]
     with pytest.raises(ValueError):
-        codecs.NATIVE_ZERO_BITS(b"x" * 100, 64)
+        pagepack.NATIVE_ZERO_BITS(b"x" * 100, 64)
 
 
 @pytest.mark.parametrize("bad", [(b"x" * 4095, 4096, 0), (bytes(4096), 3000, 0),
                                  (bytes(4096), 4096, 0x4)])
 def test_native_pack_refuses(bad: tuple[bytes, int, int]) -> None:
-    require_native(codecs.NATIVE_PACK, "slimdump.writers._pagepack")
+    require_native(pagepack.NATIVE_PACK, "slimdump.writers._pagepack")
     with pytest.raises(ValueError):
-        codecs.NATIVE_PACK(*bad)
+        pagepack.NATIVE_PACK(*bad)
 
 
 # -- flattened --------------------------------------------------------------------

@@ -33,7 +33,8 @@ from slimdump.progress import Progress
 from slimdump.record import field, record
 from slimdump.sources.base import DumpSource, Segment, partial_pages
 from slimdump.writers.atomic import AtomicOutput
-from slimdump.writers.kdump import KdumpMeta, KdumpWriter, note_area, page_reader
+from slimdump.writers.inputs import note_area, page_reader
+from slimdump.writers.kdump import KdumpMeta, KdumpWriter
 from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)

@@ -20,7 +20,8 @@ from bisect import bisect_right
 from slimdump.errors import DumpError
 from slimdump.sources.base import DumpSource
 from slimdump.sources.elfcore import ElfCore
-from slimdump.sources.kdump import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, KdumpFile
+from slimdump.sources.kdump import KdumpFile
+from slimdump.sources.kdump_headers import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE
 from slimdump.sources.rawfile import RawFile
 
 FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"

@@ -32,6 +32,11 @@ from operator import add
 from typing import Protocol
 
 from slimdump.bitmap import PfnBitmap
+from slimdump.codecs import (
+    CODECS,
+    DUMP_DH_COMPRESSED_INCOMPLETE,
+    decompress,
+)
 from slimdump.elf import (
     ET_CORE,
     EV_CURRENT,
@@ -43,26 +48,16 @@ from slimdump.elf import (
 )
 from slimdump.errors import DumpError, NotInDump
 from slimdump.sources.base import DumpSource, Segment
-from slimdump.sources.kdump_headers import (  # noqa: F401  (re-exported)
+from slimdump.sources.kdump_headers import (
     DISKDUMP_SIGNATURE,
     HEADER_VERSION,
     KDUMP_SIGNATURE,
-    MACHINES,
     PAGE_DESC_SIZE,
-    UTSNAME_FIELD,
-    UTSNAME_SIZE,
     DiskDumpHeader,
-    KdumpAbi,
     KdumpSubHeader,
     PageDescriptors,
-    Utsname,
     detect_abi,
     machine_info,
-)
-from slimdump.writers.codecs import (
-    CODECS,
-    DUMP_DH_COMPRESSED_INCOMPLETE,
-    decompress,
 )
 
 # More than this in a note area or eraseinfo is not something makedumpfile writes.

@@ -13,7 +13,7 @@
  * flag selects the codec by its kdump descriptor flag: 0 stores pages as
  * they are, 0x1 zlib (deflate level 1 with the zlib wrapper, as compress2()
  * makes it), 0x2 LZO1X-1.  That is exactly what the pure-Python path in
- * slimdump.writers.codecs.compress_pages produces; a test holds the two to
+ * slimdump.writers.pagepack.compress_pages produces; a test holds the two to
  * each other.  The work runs without the GIL, so the writer's threads
  * compress on every core; per-page Python calls cost more than LZO itself.
  *
@@ -27,7 +27,7 @@
  *
  * descriptors(...) turns pack()'s result into the task's page descriptors
  * (24 bytes each, in the dump's byte order), the same bytes as the Python
- * slimdump.writers.kdump.descriptors_python; see there for the arguments.
+ * slimdump.writers.pagepack.descriptors_python; see there for the arguments.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -308,7 +308,7 @@ static PyMethodDef methods[] = {
      "descriptors(zero, flags, sizes, data_at, zero_offset, page_size, zero_flag,\n"
      "            zero_size, big_endian, share_zero) -> (descs, stored, compressed)\n\n"
      "The page descriptors of one packed task; see\n"
-     "slimdump.writers.kdump.descriptors_python."},
+     "slimdump.writers.pagepack.descriptors_python."},
     {NULL, NULL, 0, NULL},
 };
 

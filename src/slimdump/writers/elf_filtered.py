@@ -36,18 +36,14 @@ from slimdump.errors import DumpError
 from slimdump.record import record, replace
 from slimdump.sources.base import Segment
 from slimdump.threadpool import ThreadPool, usable_cpus
-from slimdump.writers.codecs import zero_page_bits
-from slimdump.writers.kdump import (
-    CYCLE_PAGES,
-    BitmapLike,
-    ReadPages,
-    as_output,
-    as_pfn_bitmap,
-)
+from slimdump.writers.atomic import as_output
+from slimdump.writers.inputs import BitmapLike, ReadPages, as_pfn_bitmap
+from slimdump.writers.kdump import CYCLE_PAGES
+from slimdump.writers.pagepack import zero_page_bits
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
-    from slimdump.writers.kdump import PositionedOutput
+    from slimdump.writers.atomic import PositionedOutput
 
 PFN_EXCLUDED = 256          # excluded pages that split a segment
 READ_AHEAD = 3              # chunks read ahead of the one being written

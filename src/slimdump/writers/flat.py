@@ -29,15 +29,14 @@ from slimdump.sources.kdump_headers import (
     DiskDumpHeader,
     detect_abi,
 )
-from slimdump.writers.atomic import AtomicOutput
-from slimdump.writers.kdump import as_output
+from slimdump.writers.atomic import AtomicOutput, as_output
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import BinaryIO
 
-    from slimdump.writers.kdump import PositionedOutput
+    from slimdump.writers.atomic import PositionedOutput
 
 FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
 FLAT_HEADER_SIZE = 4096

@@ -13,21 +13,20 @@ with its data, which is possible because the data start is known from the
 popcount of the 2nd bitmap (zero pages are found while writing and still
 take a descriptor: the shared one pointing at the zero page written first).
 Worker threads, one per CPU, read, zero-test and compress the tasks
-(:func:`~slimdump.writers.codecs.pack_pages`: C without the GIL for none,
+(:func:`~slimdump.writers.pagepack.pack_pages`: C without the GIL for none,
 zlib and LZO); results are written in pfn order, so the file does not
 depend on worker timing.
 
 Output goes to anything with ``write(data, offset)``:
-:class:`~slimdump.writers.atomic.AtomicOutput`, :class:`FdOutput` or
-:class:`~slimdump.writers.flat.FlatWriter` (the -F stream).
+:class:`~slimdump.writers.atomic.AtomicOutput`,
+:class:`~slimdump.writers.atomic.FdOutput` or
+:class:`~slimdump.writers.flat.FlatWriter` (the -F stream); pages come from
+``read_pages`` (:class:`~slimdump.writers.inputs.PageReader` over a source).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import struct
 import threading
 import time
 from array import array
@@ -36,10 +35,10 @@ from collections.abc import Callable, Iterator
 from functools import cached_property
 
 from slimdump.bitmap import PfnBitmap, is_zero
-from slimdump.elf import ElfHeader, align4, frame_notes, parse_notes
-from slimdump.errors import DumpError, NotInDump
+from slimdump.codecs import DUMP_DH_COMPRESSED_INCOMPLETE, Codec, compress_page, require
+from slimdump.elf import ElfHeader, align4, parse_notes
+from slimdump.errors import DumpError
 from slimdump.record import field, record
-from slimdump.sources.base import DumpSource
 from slimdump.sources.kdump_headers import (
     HEADER_VERSION,
     KDUMP_SIGNATURE,
@@ -50,151 +49,24 @@ from slimdump.sources.kdump_headers import (
     Utsname,
 )
 from slimdump.threadpool import ThreadPool, usable_cpus
-from slimdump.writers.codecs import (
-    DUMP_DH_COMPRESSED_INCOMPLETE,
-    NATIVE_DESCRIPTORS,
-    Codec,
-    PackedPages,
-    compress_page,
-    pack_pages,
-    require,
-)
+from slimdump.writers.atomic import as_output
+from slimdump.writers.inputs import as_pfn_bitmap
+from slimdump.writers.pagepack import PackedPages, build_descriptors, pack_pages
 
 DL_EXCLUDE_ZERO = 1
 CYCLE_PAGES = 4096           # pfns per cycle (ELF writer: pages read at once)
 SCAN_PFNS = 1 << 16          # pfns of the 2nd bitmap looked at at once for runs
 TASK_PAGES = 256             # pages per unit of work sent to a worker thread
 
-ReadPages = Callable[[int, int], bytes]
-"""``read_pages(start_pfn, count)``: ``count * page_size`` bytes of memory."""
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     from concurrent.futures import Executor
-    from typing import Any, Protocol
+    from typing import Any
 
-    BitmapLike = bytes | bytearray | memoryview
-    """A bitmap as packed bytes: bit ``pfn % 8`` of byte ``pfn // 8``."""
-
-    class PositionedOutput(Protocol):
-        """Where writers put bytes: ``write(data, offset)`` writes all of it."""
-
-        def write(self, data: bytes, offset: int) -> None: ...
-else:
-    BitmapLike = object
-
-# the C descriptor builder, or None (not built): descriptors_python
-_native_descriptors = NATIVE_DESCRIPTORS
+    from slimdump.writers.atomic import PositionedOutput
+    from slimdump.writers.inputs import BitmapLike, ReadPages
 
 _ZERO_RUNS = re.compile(rb"\x01+")
-
-
-class FdOutput:
-    """``write(data, offset)`` on an open file descriptor, with pwrite()."""
-
-    def __init__(self, fd: int, name: str = "output") -> None:
-        self.fd = fd
-        self.name = name
-
-    def write(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view = view[n:]
-                offset += n
-        except OSError as exc:
-            raise DumpError(self.name, f"write failed: {exc.strerror or exc}") from None
-
-
-def as_output(out: PositionedOutput | int) -> PositionedOutput:
-    """Accept a file descriptor where an output object is expected."""
-    return FdOutput(out) if isinstance(out, int) else out
-
-
-def pack_bitmap(bitmap: BitmapLike, nbits: int) -> bytes:
-    """A copy of the packed bits ``bitmap`` holding exactly ``nbits`` bits;
-    bits beyond are cleared, missing bytes are zero."""
-    packed = bytes(bitmap)
-    nbytes = (nbits + 7) // 8
-    out = bytearray(packed[:nbytes].ljust(nbytes, b"\0"))
-    if nbits % 8 and nbytes:
-        out[-1] &= (1 << (nbits % 8)) - 1
-    return bytes(out)
-
-
-def as_pfn_bitmap(bitmap: BitmapLike | PfnBitmap, nbits: int) -> PfnBitmap:
-    """``bitmap`` as a :class:`PfnBitmap` of exactly ``nbits`` bits (packed
-    bytes are copied into memory, as :func:`pack_bitmap` does)."""
-    if isinstance(bitmap, PfnBitmap):
-        if bitmap.nbits != nbits:
-            raise ValueError(f"bitmap of {bitmap.nbits} bits where {nbits} are needed")
-        return bitmap
-    return PfnBitmap.from_bytes(pack_bitmap(bitmap, nbits), nbits)
-
-
-class PageReader:
-    """``read_pages(start_pfn, count)`` over a source, zero-filling what no
-    segment (or, for a filtered source, no dumped page) covers, as
-    makedumpfile does for partial pages at segment edges.
-
-    ``thread_safe``: the writer may call it from several threads at once,
-    as the source says (:attr:`DumpSource.parallel_reads`: ELF cores, which
-    read with pread() alone; kdump-compressed and flattened sources keep
-    caches and are read from one thread)."""
-
-    def __init__(self, source: DumpSource, page_size: int = 4096) -> None:
-        self.source = source
-        self.page_size = page_size
-        self.thread_safe = source.parallel_reads
-
-    def __call__(self, start_pfn: int, count: int) -> bytes:
-        source, page_size = self.source, self.page_size
-        addr, size = start_pfn * page_size, count * page_size
-        try:
-            return source.read_phys(addr, size)
-        except NotInDump:
-            pass
-        out = bytearray(size)
-        for seg in source.segments:
-            lo, hi = max(addr, seg.phys_start), min(addr + size, seg.phys_end)
-            if lo >= hi:
-                continue
-            try:
-                out[lo - addr:hi - addr] = source.read_phys(lo, hi - lo)
-            except NotInDump:
-                for page in range(lo - lo % page_size, hi, page_size):
-                    a, b = max(page, lo), min(page + page_size, hi)
-                    with contextlib.suppress(NotInDump):
-                        out[a - addr:b - addr] = source.read_phys(a, b - a)
-        return bytes(out)
-
-    def read_into(self, start_pfn: int, count: int, buf: memoryview) -> None:
-        """What ``self(start_pfn, count)`` returns, into ``buf`` (exactly
-        ``count`` pages long): straight from the file where the source can."""
-        try:
-            self.source.read_phys_into(start_pfn * self.page_size, buf)
-        except NotInDump:
-            buf[:] = self(start_pfn, count)
-
-
-def page_reader(source: DumpSource, page_size: int = 4096) -> PageReader:
-    """A :class:`PageReader` over ``source``."""
-    return PageReader(source, page_size)
-
-
-def note_area(source: DumpSource) -> bytes:
-    """The source's notes as the vmcore's merged PT_NOTE holds them: the raw
-    bytes where the source keeps them, framed again otherwise."""
-    area = getattr(source, "note_area", None)
-    if isinstance(area, bytes) and area:
-        return area
-    raw = getattr(source, "raw", None)
-    segments = getattr(source, "note_segments", None)
-    if raw is not None and segments:
-        return b"".join(raw.read_at(ph.p_offset, ph.p_filesz, what="notes")
-                        for ph in segments)
-    return frame_notes(source.notes, source.header.endian)
 
 
 @record(frozen=True)
@@ -493,9 +365,8 @@ class KdumpWriter:
         packed = task.packed if isinstance(task.packed, tuple) else task.packed.result()
         zero, nz_flags, nz_sizes, nz_blob = packed
         nzero = zero.count(1)
-        build = _native_descriptors or descriptors_python
         zero_flag, zero_stored = (0, b"") if self.share_zero else self._zero
-        descs, stored, ncompressed = build(
+        descs, stored, ncompressed = build_descriptors(
             zero, nz_flags, nz_sizes, data_at, self.data_offset, self.meta.page_size,
             zero_flag, len(zero_stored), self.abi.endian == ">", self.share_zero)
         if self.share_zero:
@@ -518,10 +389,6 @@ class KdumpWriter:
     def _zero_stored(self) -> bytes:
         """How an all-zero page is stored when it is not shared."""
         return self._zero[1]
-
-    @property
-    def _zero_flag(self) -> int:
-        return self._zero[0]
 
     @cached_property
     def _zero(self) -> tuple[int, bytes]:
@@ -546,36 +413,6 @@ class KdumpWriter:
         return b"".join(parts)
 
 
-def descriptors_python(zero: bytes, flags: bytes, sizes: bytes, data_at: int,
-                       zero_offset: int, page_size: int, zero_flag: int, zero_size: int,
-                       big_endian: bool, share_zero: bool) -> tuple[bytes, int, int]:
-    """The page descriptors of one task packed by
-    :func:`~slimdump.writers.codecs.pack_pages` (``zero``: a byte per page,
-    1 = all zero; ``flags``/``sizes``: native uint32 per other page), its
-    data starting at file offset ``data_at``.  Zero pages point at the
-    shared zero page at ``zero_offset`` (``share_zero``, dump level with
-    bit 1) or are stored in place as ``zero_size`` bytes with ``zero_flag``.
-    Returns (descriptors, bytes of data they cover, descriptors with a
-    compression flag).  :mod:`slimdump.writers._pagepack` has the same in C."""
-    desc = struct.Struct((">" if big_endian else "<") + "qII8x")
-    nz_flags, nz_sizes = array("I", flags), array("I", sizes)
-    out = bytearray(desc.size * len(zero))
-    at, k, compressed = data_at, 0, 0
-    for i, page_is_zero in enumerate(zero):
-        if page_is_zero and share_zero:
-            desc.pack_into(out, i * desc.size, zero_offset, page_size, 0)
-            continue
-        if page_is_zero:
-            size, flag = zero_size, zero_flag
-        else:
-            size, flag = nz_sizes[k], nz_flags[k]
-            k += 1
-        desc.pack_into(out, i * desc.size, at, size, flag)
-        at += size
-        compressed += flag != 0
-    return bytes(out), at - data_at, compressed
-
-
 def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLike,
                 bitmap2: BitmapLike, read_pages: ReadPages, *, codec: str | Codec = "zlib",
                 workers: int | None = None, progress: Callable[[int], None] | None = None,
@@ -587,6 +424,4 @@ def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLik
     return writer.write(read_pages, progress)
 
 
-__all__ = ["BitmapLike", "FdOutput", "KdumpMeta", "KdumpResult", "KdumpWriter",
-           "PageReader", "ReadPages", "descriptors_python", "note_area",
-           "pack_bitmap", "page_reader", "write_kdump"]
+__all__ = ["KdumpMeta", "KdumpResult", "KdumpWriter", "write_kdump"]

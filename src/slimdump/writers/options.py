@@ -2,7 +2,7 @@
 
 Kept apart from the writers themselves so that choosing them (the command
 line, capture's decision) imports nothing heavy: a slim capture in a small
-capture kernel never loads numpy.
+capture kernel never loads the writers, their threads or their codecs.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from slimdump.errors import DumpError
 from slimdump.record import replace
 from slimdump.sources.kdump_headers import PAGE_DESC_SIZE
 from slimdump.writers.atomic import AtomicOutput
-from slimdump.writers.kdump import KdumpMeta, KdumpResult, KdumpWriter, ReadPages
+from slimdump.writers.kdump import KdumpMeta, KdumpResult, KdumpWriter
 
 DEFAULT_SPLITBLOCK = 1 << 30        # bytes: makedumpfile's default --splitblock-size
 JOIN_DESCRIPTORS = 4096             # descriptors moved at once when joining
@@ -44,7 +44,8 @@ JOIN_COPY = 4 << 20                 # page data bytes copied at once when joinin
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from slimdump.sources.split import SplitSource
-    from slimdump.writers.kdump import PositionedOutput
+    from slimdump.writers.atomic import PositionedOutput
+    from slimdump.writers.inputs import ReadPages
 
 
 def splitblock_pages(splitblock_bytes: int, page_size: int) -> int:

@@ -1,4 +1,7 @@
-"""Per-page compression as the kdump-compressed format stores it.
+"""Per-page compression as the kdump-compressed format stores it: the codec
+table, one page compressed and one page decompressed.  The reader
+(:mod:`slimdump.sources.kdump`) decompresses with it, the writers compress
+with it (:mod:`slimdump.writers.pagepack` packs pages in batches).
 
 makedumpfile compresses every page on its own and marks the method in the
 page descriptor's ``flags`` (the same bits go into the file header's
@@ -89,7 +92,7 @@ def codec_for_flags(flags: int) -> Codec:
     return codec
 
 
-def _module(codec: Codec) -> ModuleType | None:
+def implementation(codec: Codec) -> ModuleType | None:
     """The first of the codec's modules that imports here (None for the
     standard library's); DumpError naming them all when none does."""
     if not codec.modules:
@@ -112,7 +115,7 @@ def require(codec: str | Codec) -> Codec:
     """Check up front that ``codec`` can run here; DumpError naming the
     missing module if not.  Returns the codec."""
     found = get_codec(codec)
-    _module(found)
+    implementation(found)
     return found
 
 
@@ -120,7 +123,7 @@ def compressor(codec: str | Codec) -> Callable[[bytes], bytes]:
     """A function compressing one page with ``codec`` exactly as makedumpfile
     does (identity for "none")."""
     found = get_codec(codec)
-    mod = _module(found)
+    mod = implementation(found)
     if found.name == "zlib":
         return lambda page: zlib.compress(page, 1)
     if found.name == "lzo":
@@ -179,7 +182,7 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
             raise DumpError(None, f"uncompressed page holds {len(data)} bytes, "
                                   f"not {page_size}")
         return bytes(data)
-    mod = _module(codec)
+    mod = implementation(codec)
     try:
         if codec.name == "zlib":
             page = zlib.decompressobj().decompress(data, page_size + 1)
@@ -211,128 +214,3 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
         raise DumpError(None, f"{codec.name} page decompresses to {len(page)} bytes, "
                               f"not {page_size}")
     return page
-
-
-# -- batch compression, the unit of work of the writer's threads ------------
-
-_ZERO_CACHE: dict[tuple[str, str, int], bytes] = {}
-
-
-def compress_pages(codec_name: str, data: bytes, page_size: int) -> tuple[bytes, bytes, bytes]:
-    """Compress ``len(data) // page_size`` consecutive pages, in Python.
-
-    Returns ``(flags, sizes, blob)``: the flags and stored sizes as native
-    uint32 arrays (``array('I')`` bytes) and the stored bytes of all pages
-    back to back.  An all-zero page always compresses to the same bytes, so
-    that result is computed once per process (memory dumps are mostly zeros).
-    """
-    from array import array
-
-    codec = get_codec(codec_name)
-    compress = compressor(codec)
-    mod = _module(codec)
-    zero_key = (codec.name, mod.__name__ if mod else "", page_size)
-    zero = bytes(page_size)
-    if zero_key not in _ZERO_CACHE:
-        _ZERO_CACHE[zero_key] = compress(zero)
-    zero_packed = _ZERO_CACHE[zero_key]
-    count = len(data) // page_size
-    flags = array("I", bytes(4 * count))
-    sizes = array("I", bytes(4 * count))
-    parts: list[bytes] = []
-    for i in range(count):
-        page = data[i * page_size:(i + 1) * page_size]
-        packed = zero_packed if page == zero else compress(page)
-        if len(packed) < page_size:
-            flags[i] = codec.flag
-            sizes[i] = len(packed)
-            parts.append(packed)
-        else:
-            sizes[i] = page_size
-            parts.append(page)
-    return flags.tobytes(), sizes.tobytes(), b"".join(parts)
-
-
-PackedPages = tuple[bytes, bytes, bytes, bytes]
-"""``(zero, flags, sizes, blob)`` for a run of pages: one byte per page (1 =
-all zero), then native uint32 flags and stored sizes per non-zero page and
-the stored bytes of the non-zero pages back to back."""
-
-
-def _native() -> ModuleType | None:
-    try:
-        from slimdump.writers import _pagepack
-    except ImportError:          # not built (no compiler or liblzo2 headers)
-        return None
-    return _pagepack
-
-
-_NATIVE = _native()
-#: the C accelerator's functions, None where it is not built (tests set them
-#: to None to run the pure-Python paths)
-NATIVE_PACK: Callable[[bytes, int, int], PackedPages] | None = \
-    _NATIVE.pack if _NATIVE else None
-NATIVE_ZERO_BITS: Callable[[bytes, int], bytes] | None = _NATIVE.zero_bits if _NATIVE else None
-NATIVE_DESCRIPTORS: Callable[..., tuple[bytes, int, int]] | None = \
-    _NATIVE.descriptors if _NATIVE else None
-NATIVE_CODECS = frozenset({"none", "zlib", "lzo"})
-
-
-def zero_page_bits_python(data: bytes | memoryview, page_size: int) -> bytes:
-    """:func:`zero_page_bits` in plain Python (same bytes, slower)."""
-    view = memoryview(data).cast("B")
-    zero = bytes(page_size)
-    count = len(view) // page_size
-    bits = 0
-    for i in range(count):
-        if view[i * page_size:(i + 1) * page_size] == zero:
-            bits |= 1 << i
-    return bits.to_bytes((count + 7) // 8, "little")
-
-
-def zero_page_bits(data: bytes | memoryview, page_size: int) -> bytes:
-    """Which whole pages of ``data`` are all zero, as packed bits (bit i of
-    byte k for page 8k + i, like the dump bitmaps); C without the GIL when
-    built."""
-    if NATIVE_ZERO_BITS is not None:
-        return NATIVE_ZERO_BITS(data, page_size)
-    return zero_page_bits_python(data, page_size)
-
-
-def pack_pages_python(codec: Codec, data: bytes | memoryview, page_size: int) -> PackedPages:
-    """:func:`pack_pages` in plain Python, for machines without the C
-    accelerator.  Same bytes, slower."""
-    return _pack_pages_with(zero_page_bits_python, codec, data, page_size)
-
-
-def pack_pages_zero_native(codec: Codec, data: bytes | memoryview,
-                           page_size: int) -> PackedPages:
-    """:func:`pack_pages` for codecs the C packer lacks (snappy, zstd): the
-    zero test in C (:func:`zero_page_bits`), the compression per page in
-    Python.  Same bytes as :func:`pack_pages_python`."""
-    return _pack_pages_with(zero_page_bits, codec, data, page_size)
-
-
-def _pack_pages_with(zero_bits: Callable[[bytes | memoryview, int], bytes], codec: Codec,
-                     data: bytes | memoryview, page_size: int) -> PackedPages:
-    count = len(data) // page_size
-    view = memoryview(data)
-    bits = int.from_bytes(zero_bits(view[:count * page_size], page_size), "little")
-    zero = bytes(bits >> i & 1 for i in range(count))
-    rest = b"".join(view[i * page_size:(i + 1) * page_size]
-                    for i in range(count) if not bits >> i & 1)
-    flags, sizes, blob = compress_pages(codec.name, rest, page_size)
-    return zero, flags, sizes, blob
-
-
-def pack_pages(codec: str | Codec, data: bytes, page_size: int) -> PackedPages:
-    """Zero-test whole pages and store the others as a kdump descriptor wants
-    them (compressed with ``codec`` when strictly smaller than a page).  Uses
-    the C accelerator, which runs without the GIL, where it serves the codec,
-    and its zero test for the other codecs."""
-    found = get_codec(codec)
-    if NATIVE_PACK is not None and found.name in NATIVE_CODECS:
-        return NATIVE_PACK(data, page_size, found.flag)
-    if NATIVE_ZERO_BITS is not None and found.flag:
-        return pack_pages_zero_native(found, data, page_size)
-    return pack_pages_python(found, data, page_size)
