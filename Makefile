@@ -8,7 +8,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile cra
                 liblzo2-dev zlib1g-dev gcc \
                 linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev \
                 xz-utils git \
-                python3-dev python3-setuptools python3-numpy python3-lzo \
+                python3-dev python3-setuptools python3-lzo \
                 python3-zstandard python3-snappy mmdebstrap e2fsprogs
 
 .PHONY: apt setup demo test test-quick lint fixtures bench clean deb

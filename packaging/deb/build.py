@@ -74,12 +74,13 @@ def project() -> dict:
 
 def sources() -> list[Path]:
     """What goes into the package from the tree: every module of every
-    package under src/ (directories with an __init__.py) and the C sources."""
+    package under src/ (directories with an __init__.py) and the C sources
+    with the headers they include."""
     found = []
     for path in sorted((SRC / PACKAGE).rglob("*")):
         if "__pycache__" in path.parts or not path.is_file():
             continue
-        if path.suffix in (".py", ".c") and (path.parent / "__init__.py").is_file():
+        if path.suffix in (".py", ".c", ".h") and (path.parent / "__init__.py").is_file():
             found.append(path)
     return found
 
@@ -128,7 +129,7 @@ def build_extensions(python: str, work: Path, lib: Path) -> None:
     """setup.py's extensions, compiled by Debian's Python in a copy of the
     tree that has no pyproject.toml (Debian's setuptools rejects ours)."""
     tree = work / "ext"
-    for path in [TREE / "setup.py", *(p for p in sources() if p.suffix == ".c")]:
+    for path in [TREE / "setup.py", *(p for p in sources() if p.suffix in (".c", ".h"))]:
         dst = tree / path.relative_to(TREE)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dst)
@@ -165,7 +166,7 @@ def write_dist_info(site: Path, meta: dict, scripts: dict[str, str]) -> None:
     lines = ["Metadata-Version: 2.1", f"Name: {meta['name']}", f"Version: {meta['version']}",
              f"Summary: {meta['description']}", "License: MIT",
              f"Requires-Python: {meta['requires-python']}",
-             "Requires-Dist: numpy", "Requires-Dist: python-lzo"]
+             "Requires-Dist: python-lzo"]
     (info / "METADATA").write_text("\n".join(lines) + "\n")
     groups = {"console_scripts": scripts, **meta.get("entry-points", {})}
     text = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n"
