@@ -167,9 +167,10 @@ def classify_all(pc: PageClassifier, level: int, cycle: int
 
 
 # struct pages of pfns 0x3000 .. 0x30ff (no page of the scenario) lie in the
-# physical pages 0x1c2000 .. 0x1c5fff; the hole starts and ends inside them
+# physical pages 0x1c2000 .. 0x1c5fff; the hole starts and ends inside them,
+# and the struct pages it touches are lost, not the whole pages around it
 HOLE = (MEMMAP + 0x3000 * SP + 0x800, MEMMAP + 0x3100 * SP - 0x800)
-LOST = range(0x3000, 0x3100)
+LOST = range((HOLE[0] - MEMMAP) // SP, -(-(HOLE[1] - MEMMAP) // SP))
 
 
 def core_with_hole(tmp_path: Path, style: Style) -> Path:

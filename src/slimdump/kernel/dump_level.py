@@ -32,7 +32,6 @@ from array import array
 from collections.abc import Sequence
 from types import ModuleType
 
-from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory, KernelViewError
 from slimdump.kernel.physmem import (
     DEFAULT_CYCLE,
@@ -44,7 +43,7 @@ from slimdump.kernel.physmem import (
     usable_segments,
     walked_intervals,
 )
-from slimdump.kernel.sparsemem import MapRange, mem_map_ranges
+from slimdump.kernel.sparsemem import MapRange, mem_map_ranges, read_struct_pages
 from slimdump.kernel.struct_page import StructPageLayout
 from slimdump.record import record
 
@@ -168,6 +167,9 @@ class PageClassifier:
         self.rewalks = 0
         self._lock = threading.Lock()
         self._buffers: list[bytearray] = []     # chunk buffers not in use
+        #: (level, end pfn) of windows walked -> the walk's until there (the end
+        #: of the last block dropped) and that block's category
+        self._carry: dict[tuple[int, int], tuple[int, int]] = {}
 
     @property
     def layout(self) -> StructPageLayout:
@@ -218,88 +220,39 @@ class PageClassifier:
                        "buddy:flag": native.BUDDY_FLAG,
                        "buddy:page_type": native.BUDDY_PAGE_TYPE}
             self._params = self.layout.params(native.PARAMS, sources)
-        window = _Window(self, dump_level, start, end)
-        heads = window.walk(-(1 << 63))
-        if heads:
-            until = window.paint_outside_heads(heads)
-            if until is not None:
+        # A window that starts where the last one of this level ended goes
+        # on with that walk, as makedumpfile's next cycle does: no look-back,
+        # and a block dropped there reaches into this window even when it is
+        # not aligned (corrupt data); heads before it were judged there.
+        with self._lock:
+            carried = self._carry.pop((dump_level, start), None)
+        window = _Window(self, dump_level, start, end, look_back=carried is None)
+        until = -(1 << 63)
+        if carried is not None:
+            until, code = carried
+            window.cat[:max(min(until, end) - start, 0)] = bytes([code]) * max(
+                min(until, end) - start, 0)
+        heads, last = window.walk(until)
+        if heads and carried is None:
+            outside = window.paint_outside_heads(heads)
+            if outside is not None:
                 self.rewalks += 1
-                window.walk(until)
+                _heads, last = window.walk(outside)
+        with self._lock:
+            # the block that reaches past the window, and its category
+            self._carry[(dump_level, end)] = (last, window.cat[-1] if last > end else 0)
+            while len(self._carry) > 8:                # one per thread, or so
+                self._carry.pop(next(iter(self._carry)))
         present, keep, c = native.finish(window.flags, window.lo, window.cat, start, end)
         names = native.CATEGORIES
         counts = ExclusionCounts(unreadable=c[0],
                                  **{names[i]: c[i] for i in range(1, len(names))})
         return PageClasses(start, end, present, keep, counts)
 
-    # -- reading struct pages ---------------------------------------------------
-
-    def read_struct_pages(self, buffer: memoryview, first: int, runs: Sequence[MapRange]
-                          ) -> list[int]:
-        """Read the struct pages of the pfn runs ``(a, b, base)`` into
-        ``buffer`` (pfn ``first`` at offset 0); the pfn intervals read whole,
-        flattened ``[a0, b0, a1, b1, ...]``.  Translated a mapping at a time
-        (a 2 MiB vmemmap page is one translation), physically contiguous
-        bytes one read; what cannot be translated or read is left out, a
-        virtual page at a time, and only the struct pages it touches are
-        lost."""
-        size = self.layout.size
-        ok: list[int] = []
-        for a, b, base in runs:
-            vaddr, at, nbytes = (base + a * size) & MASK64, (a - first) * size, (b - a) * size
-            self.struct_page_bytes += nbytes
-            good = a
-            for lost_a, lost_b in self._read_virtual(buffer, at, vaddr, nbytes):
-                # bytes lost -> the struct pages they touch
-                lost_pfn, past = a + lost_a // size, a + -(-lost_b // size)
-                if good < lost_pfn:
-                    ok += (good, lost_pfn)
-                good = max(good, past)
-            if good < b:
-                ok += (good, b)
-        return ok
-
-    def _read_virtual(self, buffer: memoryview, at: int, vaddr: int, nbytes: int
-                      ) -> list[tuple[int, int]]:
-        """Read ``nbytes`` of kernel virtual memory at ``vaddr`` into
-        ``buffer[at:]``; the byte ranges (from vaddr) that could not be
-        translated or read, sorted."""
-        mem, psize = self.mem, self.page_size
-        source = mem.source
-        bad: list[tuple[int, int]] = []
-        pieces: list[tuple[int, int, int]] = []        # (offset, paddr, bytes)
-        pos = 0
-        while pos < nbytes:
-            try:
-                paddr, extent = mem.vtop_extent(vaddr + pos)
-            except DumpError:
-                step = min(psize - (vaddr + pos) % psize, nbytes - pos)
-                bad.append((pos, pos + step))
-                pos += step
-                continue
-            n = min(extent, nbytes - pos)
-            if pieces and pieces[-1][0] + pieces[-1][2] == pos \
-                    and pieces[-1][1] + pieces[-1][2] == paddr:
-                pieces[-1] = (pieces[-1][0], pieces[-1][1], pieces[-1][2] + n)
-            else:
-                pieces.append((pos, paddr, n))
-            pos += n
-        for off, paddr, n in pieces:
-            try:
-                source.read_phys_into(paddr, buffer[at + off:at + off + n])
-                continue
-            except DumpError:
-                pass
-            done = 0                                   # again, a virtual page at a time
-            while done < n:
-                step = min(psize - (vaddr + off + done) % psize, n - done)
-                try:
-                    source.read_phys_into(paddr + done, buffer[at + off + done:
-                                                              at + off + done + step])
-                except DumpError:
-                    bad.append((off + done, off + done + step))
-                done += step
-        bad.sort()
-        return bad
+    def read(self, buffer: memoryview, first: int, runs: Sequence[MapRange]) -> list[int]:
+        """:func:`~slimdump.kernel.sparsemem.read_struct_pages`, counted."""
+        self.struct_page_bytes += sum(b - a for a, b, _base in runs) * self.layout.size
+        return read_struct_pages(self.mem, self.layout.size, buffer, first, runs)
 
     def take_buffer(self, nbytes: int) -> bytearray:
         """A chunk buffer of at least ``nbytes`` that no other thread is
@@ -321,12 +274,13 @@ class _Window:
     """One window of a :meth:`PageClassifier.classify` call: pfns [lo, end)
     walked, [start, end) reported, struct pages read up to pfn end."""
 
-    def __init__(self, pc: PageClassifier, dump_level: int, start: int, end: int) -> None:
+    def __init__(self, pc: PageClassifier, dump_level: int, start: int, end: int, *,
+                 look_back: bool = True) -> None:
         native = NATIVE
         assert native is not None
         self.pc, self.level, self.start, self.end = pc, dump_level, start, end
-        layout = pc.layout
-        span = 1 << (layout.free_area - 1)
+        # back to the start of the largest buddy block that can cover start
+        span = 1 << (pc.layout.free_area - 1) if look_back else 1
         self.lo = lo = start // span * span
         hi = end + 1
         walked = clip(pc._walked, lo, hi)
@@ -349,10 +303,10 @@ class _Window:
             self.runs.sort()
         self.ranges = array("Q", [x & MASK64 for r in ranges for x in r])
 
-    def walk(self, until: int) -> list[int]:
+    def walk(self, until: int) -> tuple[list[int], int]:
         """Walk the window, chunk by chunk, from ``until`` (the end of a
         block dropped before the window); the heads before the window that
-        its tails point to, sorted."""
+        its tails point to, sorted, and the walk's ``until`` at its end."""
         native, pc = NATIVE, self.pc
         assert native is not None
         size = pc.layout.size
@@ -366,7 +320,8 @@ class _Window:
         finally:
             pc.give_back(buffer)
 
-    def _walk_chunks(self, buffer: bytearray, chunk: int, until: int) -> list[int]:
+    def _walk_chunks(self, buffer: bytearray, chunk: int, until: int
+                     ) -> tuple[list[int], int]:
         native, pc = NATIVE, self.pc
         assert native is not None
         view = memoryview(buffer)
@@ -383,12 +338,12 @@ class _Window:
                     break
                 if max(a, c0) < min(b, top):
                     runs.append((max(a, c0), min(b, top), base))
-            ok = pc.read_struct_pages(view, c0, runs)
+            ok = pc.read(view, c0, runs)
             n, until = native.walk(pc._params, self.level, buffer, c0, c0, c1, self.lo,
                                    self.end, until, self.flags, self.cat, self.start,
                                    array("q", ok), self.ranges, outside)
             heads.update(outside[:n])
-        return sorted(heads)
+        return sorted(heads), until
 
     def paint_outside_heads(self, heads: Sequence[int]) -> int | None:
         """Judge the heads before the window, in pfn order as makedumpfile
@@ -406,7 +361,7 @@ class _Window:
             runs = [(max(h, r0), min(h + 2, r1), base) for r0, r1, base in pc.map_ranges()
                     if max(h, r0) < min(h + 2, r1)]
             buffer = memoryview(bytearray(2 * size))
-            ok = pc.read_struct_pages(buffer, h, runs)
+            ok = pc.read(buffer, h, runs)
             flags = bytearray(2)
             walked = clip(pc._walked, h, h + 1)
             native.mark(flags, h, array("q", [x for iv in walked for x in iv]), _FL_INSEG)

@@ -314,7 +314,12 @@ judge(const Layout *L, int level, int64_t pfn, const unsigned char *cur,
 
     if (level & DL_FREE) {
         int64_t order = (int64_t)pg.private_;   /* buddy order in page.private */
-        if (PageBuddy(L, &pg) && order >= 0 && order < L->max_order) {
+        if (PageBuddy(L, &pg)) {
+            /* an order the zone cannot have: makedumpfile warns and keeps the
+             * page, and no later rule looks at it */
+            *len = 1;
+            if (order < 0 || order >= L->max_order)
+                return 0;
             *len = (int64_t)1 << order;
             return FREE;
         }

@@ -13,10 +13,13 @@ DISCONTIGMEM (gone since 5.14) is not supported.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from slimdump.elf import EM_X86_64
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory, KernelViewError
+
+MASK64 = (1 << 64) - 1
 
 # low bits of mem_section.section_mem_map that are flags, not address
 # (SECTION_MARKED_PRESENT, SECTION_HAS_MEM_MAP, SECTION_IS_ONLINE, ...: the
@@ -118,3 +121,76 @@ def _sparsemem_ranges(mem: KernelMemory, max_mapnr: int) -> list[MapRange]:
         raise KernelViewError(path, problem)
     return [(nr * per_section, (nr + 1) * per_section, base)
             for nr, base in sorted(bases.items())]
+
+
+def read_struct_pages(mem: KernelMemory, size: int, buffer: memoryview, first: int,
+                      runs: Sequence[MapRange]) -> list[int]:
+    """Read the struct pages of the pfn runs ``(a, b, base)`` into
+    ``buffer`` (pfn ``first`` at offset 0); the pfn intervals read whole,
+    flattened ``[a0, b0, a1, b1, ...]``.  Translated a mapping at a time
+    (a 2 MiB vmemmap page is one translation), physically contiguous
+    bytes one read; what cannot be translated is left out a virtual page
+    at a time, what cannot be read a struct page at a time, and only the
+    struct pages it touches are lost."""
+    ok: list[int] = []
+    for a, b, base in runs:
+        vaddr, at, nbytes = (base + a * size) & MASK64, (a - first) * size, (b - a) * size
+        good = a
+        for lost_a, lost_b in _read_virtual(mem, buffer, at, vaddr, nbytes, size):
+            # bytes lost -> the struct pages they touch
+            lost_pfn, past = a + lost_a // size, a + -(-lost_b // size)
+            if good < lost_pfn:
+                ok += (good, lost_pfn)
+            good = max(good, past)
+        if good < b:
+            ok += (good, b)
+    return ok
+
+def _read_virtual(mem: KernelMemory, buffer: memoryview, at: int, vaddr: int, nbytes: int,
+                  grain: int) -> list[tuple[int, int]]:
+    """Read ``nbytes`` of kernel virtual memory at ``vaddr`` into
+    ``buffer[at:]``; the byte ranges (from vaddr) that could not be
+    translated or read, sorted.  A read that fails is retried ``grain``
+    bytes at a time (offsets from vaddr), to lose no more than that."""
+    psize = mem.page_size
+    source = mem.source
+    bad: list[tuple[int, int]] = []
+    pieces: list[tuple[int, int, int]] = []        # (offset, paddr, bytes)
+    pos = 0
+    while pos < nbytes:
+        try:
+            paddr, extent = mem.vtop_extent(vaddr + pos)
+        except DumpError:
+            step = min(psize - (vaddr + pos) % psize, nbytes - pos)
+            bad.append((pos, pos + step))
+            pos += step
+            continue
+        n = min(extent, nbytes - pos)
+        if pieces and pieces[-1][0] + pieces[-1][2] == pos \
+                and pieces[-1][1] + pieces[-1][2] == paddr:
+            pieces[-1] = (pieces[-1][0], pieces[-1][1], pieces[-1][2] + n)
+        else:
+            pieces.append((pos, paddr, n))
+        pos += n
+    for off, paddr, n in pieces:
+        try:
+            source.read_phys_into(paddr, buffer[at + off:at + off + n])
+            continue
+        except DumpError:
+            pass
+        # again, a struct page at a time: a page the dump holds only in
+        # part still gives the struct pages in the part it holds
+        done = 0
+        while done < n:
+            step = min(grain - (off + done) % grain, n - done)
+            try:
+                source.read_phys_into(paddr + done, buffer[at + off + done:
+                                                          at + off + done + step])
+            except DumpError:
+                if bad and bad[-1][1] == off + done:
+                    bad[-1] = (bad[-1][0], off + done + step)
+                else:
+                    bad.append((off + done, off + done + step))
+            done += step
+    bad.sort()
+    return bad
