@@ -15,13 +15,17 @@ some cannot, and hands each chunk to the C walk.  The only bytes read from
 the dump are the struct pages of pages the dump holds (SIZE(page) per page:
 64 per 4 KiB on x86_64, about 1.5 % of the dump).
 
-Windows are independent, so memory stays bounded by the window (callers go
-cycle by cycle, like makedumpfile's ``--cyclic-buffer``): each window looks
+Memory stays bounded by the window (callers go cycle by cycle, like
+makedumpfile's ``--cyclic-buffer``), and the window is read one struct page
+further (the first tail of a head at its last pfn).  A window that starts
+where the classifier's last one at the same level ended goes on with that
+walk, as makedumpfile's cycles do.  Any other window stands alone: it looks
 back far enough that every buddy block covering its first pfn begins inside
-it, and one struct page further (the first tail of a head at its last pfn).
-A compound page larger than that look-back (a 1 GiB hugetlb page) is found
+it, and a compound page larger than that (a 1 GiB hugetlb page) is found
 through the compound_head of its tails; its head is judged and, if a rule
-drops it, the window is walked again with that block dropped.
+drops it, the window is walked again with that block dropped.  (A free
+block not aligned to its order, which only corrupt data has, is seen by
+the first kind only.)
 """
 
 from __future__ import annotations
