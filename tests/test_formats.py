@@ -879,6 +879,82 @@ def test_flat_to_stdout_with_a_pool(tmp_path: Path) -> None:
     assert res.stdout == expected.read_bytes()
 
 
+def _join_reference(offsets: list[int], sizes: list[int], zero_at: int, data_start: int,
+                    limit: int, delta: int) -> tuple[list[int], int] | None:
+    """The joining rule, one descriptor at a time: every offset but the
+    shared zero page's and lost pages' (0) moves by ``delta``; the data end
+    is the highest end of a moved page; a moved page outside [data_start,
+    limit] is an error (None)."""
+    moved = [o not in (zero_at, 0) for o in offsets]
+    ends = [o + n for o, n, m in zip(offsets, sizes, moved, strict=True) if m]
+    if any(o < data_start for o, m in zip(offsets, moved, strict=True) if m) or \
+            any(e > limit for e in ends):
+        return None
+    return ([o + delta if m else o for o, m in zip(offsets, moved, strict=True)],
+            max(ends, default=data_start))
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+@pytest.mark.parametrize("seed", range(30))
+def test_join_moves_offsets_by_the_rule(seed: int, endian: str) -> None:
+    """join_parts moves a batch of page descriptors at once (lanes of one
+    big integer); it gives what the rule gives descriptor by descriptor, for
+    makedumpfile-like batches (data back to back, zero and lost pages among
+    them) and damaged ones (pages out of order, overlapping, before the
+    data, past the file, negative or huge offsets)."""
+    from slimdump.sources.kdump_headers import PageDescriptors
+    from slimdump.writers import split
+
+    rng = np.random.default_rng(seed)
+    zero_at, data_start, count = 0x5000, 0x6000, int(rng.integers(1, 600))
+    offsets, sizes, at = [], [], data_start
+    for _ in range(count):
+        kind = rng.random()
+        if kind < 0.3 and seed % 3:
+            offsets.append(zero_at)
+            sizes.append(PAGE)
+        elif kind < 0.33 and seed % 2:
+            offsets.append(0)                                 # a lost page
+            sizes.append(0)
+        else:
+            size = int(rng.integers(1, PAGE + 1))
+            offsets.append(at)
+            sizes.append(size)
+            at += size
+    limit = at + int(rng.integers(0, 3))
+    damage = seed % 10
+    i = int(rng.integers(0, count))
+    if damage == 1 and count > 1:
+        j = int(rng.integers(0, count))
+        offsets[i], offsets[j] = offsets[j], offsets[i]
+    elif damage == 2:
+        offsets[i] = data_start - 1
+    elif damage == 3:
+        sizes[i] = limit
+    elif damage == 4:
+        offsets[i] = -int(rng.integers(1, 1 << 40))
+    elif damage == 5:
+        offsets[i] = (1 << 56) + int(rng.integers(0, 1 << 20))
+    elif damage == 6:
+        offsets[i] = (1 << 63) - 1
+    elif damage == 7 and count > 1:
+        offsets[i] = offsets[i - 1]                           # overlapping data
+    data = b"".join(struct.pack(endian + "qIIQ", o, n, 1, 0)
+                    for o, n in zip(offsets, sizes, strict=True))
+    delta = int(rng.integers(0, 1 << 40)) if seed % 4 else 0
+    want = _join_reference(offsets, sizes, zero_at, data_start, limit, delta)
+    descs = PageDescriptors(data, endian)
+    if want is None:
+        with pytest.raises(DumpError, match="outside the page data"):
+            split._move_data(descs, zero_at, data_start, limit, delta, "part")
+        return
+    assert split._move_data(descs, zero_at, data_start, limit, delta, "part") == want[1]
+    assert list(descs.offsets) == want[0]
+    moved = descs.pack()
+    assert moved == b"".join(struct.pack(endian + "qIIQ", o, n, 1, 0)
+                             for o, n in zip(want[0], sizes, strict=True))
+
+
 def test_reads_split_files(vm: Vm, mdf: dict[str, Path], tmp_path: Path) -> None:
     """makedumpfile --split: each file holds the descriptors of its own pfn
     range; together they hold the pages of the unsplit file."""

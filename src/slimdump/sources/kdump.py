@@ -50,6 +50,7 @@ from slimdump.errors import DumpError, NotInDump
 from slimdump.sources.base import DumpSource, Segment
 from slimdump.sources.kdump_headers import (
     DISKDUMP_SIGNATURE,
+    DL_EXCLUDE_ZERO,
     HEADER_VERSION,
     KDUMP_SIGNATURE,
     PAGE_DESC_SIZE,
@@ -262,7 +263,7 @@ class KdumpFile(DumpSource):
         """Where the headers say the data ends: the descriptor table, the end
         of the furthest of the last (up to 4096) pages' data, eraseinfo."""
         end = self.data_offset
-        if self.dump_level & 1:                 # the shared zero page comes first
+        if self.dump_level & DL_EXCLUDE_ZERO:   # the shared zero page comes first
             end += self.block_size
         count = min(self.num_dumpable, PREFIX_BLOCK)
         first = self.num_dumpable - count

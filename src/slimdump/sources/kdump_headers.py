@@ -23,6 +23,9 @@ HEADER_VERSION = 6
 UTSNAME_FIELD = 65
 UTSNAME_SIZE = 6 * UTSNAME_FIELD
 PAGE_DESC_SIZE = 24          # struct page_desc: offset, size, flags, page_flags
+# dump_level bit 1: zero pages share one zero block written first (its one
+# meaning in the file; the kernel layer's dump levels use the same bit)
+DL_EXCLUDE_ZERO = 1
 
 # utsname.machine -> (e_machine, 64-bit).  Byte order comes from the file.
 MACHINES: dict[str, tuple[int, bool]] = {

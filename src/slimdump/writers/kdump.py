@@ -40,6 +40,7 @@ from slimdump.elf import ElfHeader, align4, parse_notes
 from slimdump.errors import DumpError
 from slimdump.record import field, record
 from slimdump.sources.kdump_headers import (
+    DL_EXCLUDE_ZERO,
     HEADER_VERSION,
     KDUMP_SIGNATURE,
     PAGE_DESC_SIZE,
@@ -53,7 +54,6 @@ from slimdump.writers.atomic import as_output
 from slimdump.writers.inputs import as_pfn_bitmap
 from slimdump.writers.pagepack import PackedPages, build_descriptors, pack_pages
 
-DL_EXCLUDE_ZERO = 1
 CYCLE_PAGES = 4096           # pfns per cycle (ELF writer: pages read at once)
 SCAN_PFNS = 1 << 16          # pfns of the 2nd bitmap looked at at once for runs
 TASK_PAGES = 256             # pages per unit of work sent to a worker thread

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from array import array
 from collections.abc import Callable, Sequence
-from operator import add
 
 from slimdump.bitmap import PfnBitmap
 from slimdump.errors import DumpError
 from slimdump.record import replace
-from slimdump.sources.kdump_headers import PAGE_DESC_SIZE
+from slimdump.sources.kdump_headers import DL_EXCLUDE_ZERO, PAGE_DESC_SIZE
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.kdump import KdumpMeta, KdumpResult, KdumpWriter
 
@@ -43,6 +43,7 @@ JOIN_COPY = 4 << 20                 # page data bytes copied at once when joinin
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from slimdump.sources.kdump_headers import PageDescriptors
     from slimdump.sources.split import SplitSource
     from slimdump.writers.atomic import PositionedOutput
     from slimdump.writers.inputs import ReadPages
@@ -147,7 +148,7 @@ def join_parts(source: SplitSource, out: PositionedOutput) -> int:
     unsplit = replace(first.sub_header, split=0, start_pfn=0, end_pfn=0, start_pfn_64=0,
                       end_pfn_64=0)
     out.write(unsplit.pack(first.abi), bs)
-    zero_at = first.data_offset if first.dump_level & 1 else -1
+    zero_at = first.data_offset if first.dump_level & DL_EXCLUDE_ZERO else -1
     data_start = first.data_offset + (bs if zero_at >= 0 else 0)
     if zero_at >= 0:
         out.write(bytes(bs), zero_at)
@@ -157,20 +158,8 @@ def join_parts(source: SplitSource, out: PositionedOutput) -> int:
         end = data_start
         for pos in range(0, count, JOIN_DESCRIPTORS):
             descs = part.descriptors(pos, min(JOIN_DESCRIPTORS, count - pos))
-            offsets, sizes, delta = descs.offsets, descs.sizes, at - data_start
-            if zero_at not in offsets and 0 not in offsets:       # the usual case: C loops
-                ends = [(min(offsets), max(map(add, offsets, sizes)))]
-                descs.offsets = array("q", map(delta.__add__, offsets))
-            else:   # the shared zero page and lost pages (offset 0) stay where they are
-                moved = [(o, o + s) for o, s in zip(offsets, sizes, strict=True)
-                         if o != zero_at and o != 0]
-                ends = [(min(o for o, _ in moved), max(e for _, e in moved))] if moved else []
-                descs.offsets = array("q", [o if o == zero_at or o == 0 else o + delta
-                                            for o in offsets])
-            for low, high in ends:
-                if low < data_start or high > part.size:
-                    raise DumpError(part.path, "a page descriptor points outside the page data")
-                end = max(end, high)
+            end = max(end, _move_data(descs, zero_at, data_start, part.size, at - data_start,
+                                      part.path))
             out.write(descs.pack(), first.desc_offset + PAGE_DESC_SIZE
                       * (part.first_slot + pos))
         for offset in range(data_start, end, JOIN_COPY):
@@ -179,3 +168,98 @@ def join_parts(source: SplitSource, out: PositionedOutput) -> int:
                       at + offset - data_start)
         at += end - data_start
     return at
+
+
+# -- moving a part's data offsets, a batch of descriptors at a time ----------------
+#
+# A batch's offsets are worked on as 8-byte lanes of one big integer (bytes
+# slices and int arithmetic, all in C): which lanes move (not the shared zero
+# page, not a lost page), whether every moved page lies within the part's
+# page data, where the data end, and the move itself.  Lanes are compared by
+# subtracting with each lane's top bit set, so no borrow crosses lanes; that
+# needs every offset below 2**56.  Anything else (a hostile file) takes the
+# plain path, one descriptor at a time, which also names the error.
+
+_ORDER = sys.byteorder
+_LOW, _HIGH = (0, 7) if _ORDER == "little" else (7, 0)    # a lane's low and high byte
+_TOP_BIT = bytes(i >> 7 for i in range(256))              # byte -> its top bit
+_EQUAL: dict[int, bytes] = {}                             # byte -> table: 1 where equal
+
+
+def _equal(byte: int) -> bytes:
+    table = _EQUAL.get(byte)
+    if table is None:
+        table = _EQUAL[byte] = bytes(int(i == byte) for i in range(256))
+    return table
+
+
+def _lanes_equal(raw: bytes, value: int) -> int:
+    """One byte per lane (the first lane the highest), 1 where it is ``value``."""
+    want = value.to_bytes(8, _ORDER, signed=True)
+    found = -1
+    for k in range(8):
+        found &= int.from_bytes(raw[k::8].translate(_equal(want[k])), "big")
+    return found
+
+
+def _lanes_at_least(a: int, b: int, one: int, count: int) -> int:
+    """One byte per lane, 1 where the lane of ``a`` is at least that of
+    ``b`` (every lane below 2**62)."""
+    diff = (a | one << 63) - b
+    return int.from_bytes(diff.to_bytes(8 * count, _ORDER)[_HIGH::8].translate(_TOP_BIT),
+                          "big")
+
+
+def _move_fast(descs: PageDescriptors, zero_at: int, data_start: int, limit: int,
+               delta: int) -> int | None:
+    """:func:`_move_data` in lanes, or None where it cannot say."""
+    count = len(descs)
+    raw = descs.offsets.tobytes()
+    if raw[_HIGH::8].count(0) != count:
+        return None
+    ones = int.from_bytes(b"\1" * count, "big")
+    moved = ones & ~_lanes_equal(raw, 0)
+    if zero_at >= 0:
+        moved &= ~_lanes_equal(raw, zero_at)
+    flags = moved.to_bytes(count, "big")
+    last = flags.rfind(1)
+    if last < 0:
+        return data_start
+    one = int.from_bytes((1).to_bytes(8, _ORDER) * count, _ORDER)
+    offsets = int.from_bytes(raw, _ORDER)
+    wide = bytearray(8 * count)                 # the sizes as lanes
+    sizes = descs.sizes.tobytes()
+    for k in range(4):
+        wide[(k if _ORDER == "little" else 4 + k)::8] = sizes[k::4]
+    ends = offsets + int.from_bytes(wide, _ORDER)
+    high = descs.offsets[last] + descs.sizes[last]      # the last moved page's end...
+    if (high > limit
+            or _lanes_at_least(offsets, data_start * one, one, count) & moved != moved
+            or _lanes_at_least(high * one, ends, one, count) & moved != moved):
+        return None                                     # ...is the highest: checked
+    if delta:
+        step = bytearray(8 * count)
+        step[_LOW::8] = flags
+        moved_offsets = offsets + int.from_bytes(step, _ORDER) * delta
+        descs.offsets = array("q", moved_offsets.to_bytes(8 * count, _ORDER))
+    return high
+
+
+def _move_data(descs: PageDescriptors, zero_at: int, data_start: int, limit: int, delta: int,
+               path: str) -> int:
+    """Move the data offsets of ``descs`` by ``delta``, all but the shared
+    zero page's (``zero_at``) and lost pages' (0); return where the data of
+    the moved pages ends (``data_start`` if none moves).  DumpError if a
+    page's data is not within [data_start, limit]."""
+    fast = _move_fast(descs, zero_at, data_start, limit, delta)
+    if fast is not None:
+        return fast
+    moved = [(o, o + s) for o, s in zip(descs.offsets, descs.sizes, strict=True)
+             if o != zero_at and o != 0]
+    if not moved:
+        return data_start
+    if min(o for o, _ in moved) < data_start or max(e for _, e in moved) > limit:
+        raise DumpError(path, "a page descriptor points outside the page data")
+    descs.offsets = array("q", [o if o == zero_at or o == 0 else o + delta
+                                for o in descs.offsets])
+    return max(e for _, e in moved)
