@@ -79,7 +79,7 @@ def main() -> int:
     # environment may set PYTHONDONTWRITEBYTECODE) and with its C packer
     compileall.compile_dir(ROOT / "src" / "slimdump", quiet=1)
     from slimdump.kernel.dump_level import NATIVE
-    from slimdump.writers.codecs import NATIVE_PACK
+    from slimdump.writers.pagepack import NATIVE_PACK
 
     print(f"slimdump capture vs makedumpfile, median of {args.runs} alternating runs, warm "
           f"page cache, {os.cpu_count()} CPUs; C packer: "

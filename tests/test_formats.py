@@ -35,8 +35,8 @@ from slimdump.bitmap import PfnBitmap
 from slimdump.codecs import CODECS, compress_page, decompress
 from slimdump.elf import EM_386, ET_CORE, ElfHeader, Note, frame_notes
 from slimdump.errors import DumpError, NotInDump
+from slimdump.kernel.header_facts import crash_time, kdump_phys_base, read_utsname
 from slimdump.kernel.log import extract_dmesg
-from slimdump.kernel.utsname import crash_time, kdump_phys_base, read_utsname
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.record import replace
 from slimdump.sources import ElfCore, open_dump

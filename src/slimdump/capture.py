@@ -232,7 +232,7 @@ def write_normal_or_full(source: DumpSource, decision: Decision, dst: str | None
     if decision.action == FULL and byte_copy:
         stats = write_full_copy(source, output_path(dst), overwrite=overwrite, progress=progress)
         return stats.size, {"copy_method": stats.method, "data_bytes": stats.copied}
-    from slimdump.filtered import select_pages, write_dump  # numpy: only when filtering
+    from slimdump.filtered import select_pages, write_dump
 
     # re-filtering a saved dump: its dump level still holds (as makedumpfile ORs it)
     level = (0 if decision.action == FULL else options.dump_level) | (

@@ -19,6 +19,7 @@ from slimdump.bitmap import PfnBitmap, is_zero
 from slimdump.elf import Note, frame_notes
 from slimdump.errors import DumpError
 from slimdump.kernel.dump_level import DL_ZERO, ExclusionCounts, PageClassifier
+from slimdump.kernel.header_facts import crash_time, kdump_phys_base, read_utsname
 from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.physmem import (
     DEFAULT_CYCLE,
@@ -27,7 +28,6 @@ from slimdump.kernel.physmem import (
     present_packed,
     usable_segments,
 )
-from slimdump.kernel.utsname import crash_time, kdump_phys_base, read_utsname
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.progress import Progress
 from slimdump.record import field, record

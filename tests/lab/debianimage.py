@@ -55,7 +55,7 @@ SECURITY = os.environ.get("SLIMDUMP_DEBIAN_SECURITY", "http://deb.debian.org/deb
 #: kdump-tools sets kernel.panic_on_oops=1 with
 PACKAGES: tuple[str, ...] = (
     "systemd-sysv", "linux-image-amd64", "kdump-tools", "makedumpfile", "udev", "kmod",
-    "e2fsprogs", "procps", "python3", "python3-numpy", "python3-lzo", "zstd",
+    "e2fsprogs", "procps", "python3", "python3-lzo", "zstd",
 )
 
 #: bump when the image changes in a way the texts below do not show

@@ -50,6 +50,7 @@ from slimdump.kernel.physmem import (
 from slimdump.kernel.sparsemem import MapRange, mem_map_ranges, read_struct_pages
 from slimdump.kernel.struct_page import StructPageLayout
 from slimdump.record import record
+from slimdump.sources.kdump_headers import DL_EXCLUDE_ZERO
 
 
 def _load_native() -> ModuleType | None:
@@ -63,8 +64,9 @@ def _load_native() -> ModuleType | None:
 #: the C rules, None when the extension is not built (nothing is dropped then)
 NATIVE: ModuleType | None = _load_native()
 
-# makedumpfile's dump level bits (``-d``)
-DL_ZERO = 1             # zero pages: judged from content, by the writers
+# makedumpfile's dump level bits (``-d``); bit 1 (zero pages) is judged from
+# content, by the writers, and defined with the header that records the level
+DL_ZERO = DL_EXCLUDE_ZERO
 DL_CACHE = 2            # page cache without private data
 DL_CACHE_PRIVATE = 4    # page cache with private data
 DL_USER = 8             # user (anonymous) data and hugetlb pages

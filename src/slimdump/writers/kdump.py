@@ -72,7 +72,7 @@ _ZERO_RUNS = re.compile(rb"\x01+")
 @record(frozen=True)
 class KdumpMeta:
     """What the headers say about the crashed machine, as values: the
-    caller reads them from the kernel (:mod:`slimdump.kernel.utsname`), the
+    caller reads them from the kernel (:mod:`slimdump.kernel.header_facts`), the
     writer only formats them.
 
     ``header``: the source's ELF header (word size, byte order, machine);

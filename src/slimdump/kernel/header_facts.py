@@ -1,6 +1,6 @@
-"""What a kdump-compressed header says about the crashed kernel, read from
-the kernel: its ``struct new_utsname`` (``init_uts_ns.name``), the crash
-time and ``phys_base``.
+"""The facts about the crashed kernel that a kdump-compressed header records,
+read from the kernel: its ``struct new_utsname`` (``init_uts_ns.name``), the
+crash time and ``phys_base``.
 
 makedumpfile copies ``init_uts_ns.name`` into ``disk_dump_header.utsname``
 (crash checks ``machine`` and prints ``release``), VMCOREINFO's CRASHTIME
