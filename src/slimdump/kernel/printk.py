@@ -225,6 +225,16 @@ def level_flags(byte: int, endian: str) -> tuple[int, int]:
     return byte & 0x07, byte >> 3
 
 
+def facility_level_flags(buf: bytes | memoryview, at: int, endian: str
+                         ) -> tuple[int, int, int]:
+    """(facility, level, flags) of a record whose ``u8 facility`` is at
+    ``at``, followed by the ``flags:5, level:3`` byte (both ``printk_info``
+    and ``printk_log`` lay them out so, after a u16)."""
+    facility, byte = (bytes(buf[at:at + 2]) + b"\0\0")[:2]   # short: zeros, as before
+    level, flags = level_flags(byte, endian)
+    return facility, level, flags
+
+
 # --------------------------------------------------------------------------
 # Plain character buffer (< 3.5)
 

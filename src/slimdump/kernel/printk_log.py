@@ -17,7 +17,7 @@ from slimdump.kernel.printk import (
     Keys,
     LogRecord,
     check_fits,
-    level_flags,
+    facility_level_flags,
     uint_reader,
 )
 
@@ -72,10 +72,9 @@ def read_printk_log(mem: KernelMemory) -> KernelLog:
         ts = get(buf, idx + o_ts, 8)
         text_len = get(buf, idx + o_text_len, 2)
         caller = get(buf, idx + o_caller, 4) if o_caller is not None else None
-        level = facility = flags = None
+        facility = level = flags = None
         if has_level:
-            facility = get(buf, idx + o_dict_len + 2, 1)
-            level, flags = level_flags(get(buf, idx + o_dict_len + 3, 1), mem.endian)
+            facility, level, flags = facility_level_flags(buf, idx + o_dict_len + 2, mem.endian)
         text = bytes(buf[idx + header:min(idx + header + text_len, buf_len)])
         if length == 0:
             if wrapped:

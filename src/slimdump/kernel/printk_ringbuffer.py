@@ -20,7 +20,7 @@ from slimdump.kernel.printk import (
     Keys,
     LogRecord,
     check_fits,
-    level_flags,
+    facility_level_flags,
     uint_reader,
 )
 
@@ -128,10 +128,9 @@ def read_ringbuffer(mem: KernelMemory) -> KernelLog:
         ts = get(infos, i + o_ts, 8)
         seq = get(infos, i + o_seq, 8)
         caller = get(infos, i + o_caller, 4) if o_caller is not None else None
-        level = facility = flags = None
+        facility = level = flags = None
         if has_level:
-            facility = get(infos, i + o_text_len + 2, 1)
-            level, flags = level_flags(get(infos, i + o_text_len + 3, 1), mem.endian)
+            facility, level, flags = facility_level_flags(infos, i + o_text_len + 2, mem.endian)
         begin = get(descs, d + o_begin, long_size) % data_size
         end = get(descs, d + o_next, long_size) % data_size
         if begin == end:
