@@ -344,9 +344,15 @@ def summary_lines(result: CaptureResult, policy_source: str, src: str | Sequence
         codec = f"{extra['codec']}, " if extra["format"] != ELF else ""
         counts = dict(extra.get("excluded", {}))
         unreadable = counts.pop("unreadable", 0)       # kept: not excluded
-        counts["zero"] = extra.get("zero_excluded", 0)
+        zero = extra.get("zero_excluded", 0)
+        # ELF leaves a zero page out; kdump-compressed keeps its place in the
+        # 2nd bitmap, pointing at the one zero page stored
+        if extra["format"] == ELF:
+            counts["zero"] = zero
+        pages = (f"{extra['pages']} pages" if extra["format"] == ELF or not zero else
+                 f"{extra['pages'] - zero} pages and {zero} zero pages stored as one")
         excluded = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-        what = (f"{kind} dump ({codec}-d {extra['dump_level']}, {extra['pages']} pages"
+        what = (f"{kind} dump ({codec}-d {extra['dump_level']}, {pages}"
                 + (f"; excluded {excluded}" if excluded else "")
                 + (f"; kept {unreadable} whose struct page could not be read"
                    if unreadable else "") + ")")

@@ -202,8 +202,9 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
                 nbits=selection.max_mapnr, progress=bar.update, cycle_pages=CYCLE_PAGES)
             out.commit()
         bar.finish()
-        return DumpResult(result.size, total, result.seconds,
-                          {"loads": len(result.loads), "data_bytes": result.data_bytes})
+        return DumpResult(result.size, total - result.zero_pages, result.seconds,
+                          {"loads": len(result.loads), "data_bytes": result.data_bytes,
+                           "zero_excluded": result.zero_pages})
 
     # the headers' facts about the crashed kernel, read here: writers only format them
     info = VmcoreInfo.from_notes(source.notes)
@@ -243,9 +244,10 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
             out.set_size(result.size)
             out.commit()
     bar.finish()
-    # with -d 1 the writer leaves the zero pages out of the 2nd bitmap as it
-    # meets them: what it did not write of the selection were zero pages
-    zero = total - result.pages if options.dump_level & DL_ZERO else 0
+    # with -d 1 a zero page stays in the 2nd bitmap of a kdump-compressed
+    # file, its descriptor pointing at the one zero page stored (as
+    # makedumpfile writes it, and counts it among the excluded pages)
+    zero = result.zero_pages if options.dump_level & DL_ZERO else 0
     return DumpResult(result.size, result.pages, result.seconds,
                       {"zero_pages": result.zero_pages, "zero_excluded": zero,
                        "compressed": result.compressed_pages, "raw": result.raw_pages,

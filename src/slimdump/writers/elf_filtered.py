@@ -59,6 +59,7 @@ class ElfResult:
     loads: list[ProgramHeader]
     data_bytes: int
     seconds: float
+    zero_pages: int = 0          # dumpable pages left out as all zero (exclude_zero)
 
 
 def _as_phdr(load: ProgramHeader | Segment) -> ProgramHeader:
@@ -214,9 +215,11 @@ def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: by
     started = time.monotonic()
     target = as_output(out)
     nbits = nbits if nbits is not None else _bitmap_bits(bitmap)
+    zero_pages = 0
     if exclude_zero:
         with clear_zero_pages(bitmap, read_pages, page_size, nbits, cycle_pages) as nonzero:
             planned = plan_loads(loads, nonzero, page_size, nbits)
+            zero_pages = as_pfn_bitmap(bitmap, nbits).popcount() - nonzero.popcount()
     else:
         planned = plan_loads(loads, bitmap, page_size, nbits)
     if not planned:
@@ -267,4 +270,4 @@ def write_filtered_elf(out: PositionedOutput | int, header: ElfHeader, notes: by
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return ElfResult(max(data_at, table_end + len(notes)), final, done,
-                     time.monotonic() - started)
+                     time.monotonic() - started, zero_pages)
