@@ -321,6 +321,8 @@ PyInit__pageclass(void)
         goto fail;
     categories = NULL;
     if (PyModule_AddIntConstant(m, "PGMM_CACHED", PGMM_CACHED) < 0
+        || PyModule_AddIntConstant(m, "FL_INSEG", FL_INSEG) < 0
+        || PyModule_AddIntConstant(m, "FL_PRESENT", FL_PRESENT) < 0
         || PyModule_AddIntConstant(m, "ORDER_BYTE", ORDER_BYTE) < 0
         || PyModule_AddIntConstant(m, "ORDER_FLAGS1", ORDER_FLAGS1) < 0
         || PyModule_AddIntConstant(m, "HUGETLB_DTOR", HUGE_DTOR) < 0

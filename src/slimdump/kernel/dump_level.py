@@ -76,8 +76,6 @@ MASK64 = (1 << 64) - 1
 # struct pages are read and walked this many bytes at a time (cache-sized:
 # each chunk is walked while the read left it in the CPU cache)
 _CHUNK_BYTES = 1 << 21
-# the flags the C walk keeps per pfn of a window
-_FL_INSEG, _FL_PRESENT = 1, 2
 
 
 @record
@@ -292,8 +290,9 @@ class _Window:
         walked = clip(pc._walked, lo, hi)
         present = clip(pc._present, lo, hi)
         self.flags = bytearray(hi - lo)
-        native.mark(self.flags, lo, array("q", [x for iv in walked for x in iv]), _FL_INSEG)
-        native.mark(self.flags, lo, array("q", [x for iv in present for x in iv]), _FL_PRESENT)
+        native.mark(self.flags, lo, array("q", [x for iv in walked for x in iv]), native.FL_INSEG)
+        native.mark(self.flags, lo, array("q", [x for iv in present for x in iv]),
+                    native.FL_PRESENT)
         self.cat = bytearray(end - start)
         # what is read: the struct pages of the pfns walked or in the 1st
         # bitmap, and the next one of every pfn walked (a head's first tail)
@@ -370,7 +369,7 @@ class _Window:
             ok = pc.read(buffer, h, runs)
             flags = bytearray(2)
             walked = clip(pc._walked, h, h + 1)
-            native.mark(flags, h, array("q", [x for iv in walked for x in iv]), _FL_INSEG)
+            native.mark(flags, h, array("q", [x for iv in walked for x in iv]), native.FL_INSEG)
             cat = bytearray(1)
             _n, end = native.walk(pc._params, self.level, buffer, h, h, h + 1, h, h + 1,
                                   -(1 << 63), flags, cat, h, array("q", ok), array("Q"),

@@ -48,7 +48,8 @@ static const char *const category_names[NCATEGORIES] = {
 };
 
 /* makedumpfile's dump level bits judged from struct page (bit 1, zero
- * pages, is judged from content by the writers) */
+ * pages, is judged from content by the writers): the -d numbers of its
+ * command line, an interface both languages name (dump_level.py DL_*) */
 #define DL_CACHE 2
 #define DL_CACHE_PRIVATE 4
 #define DL_USER 8
