@@ -234,8 +234,8 @@ class PageClassifier:
         until = -(1 << 63)
         if carried is not None:
             until, code = carried
-            window.cat[:max(min(until, end) - start, 0)] = bytes([code]) * max(
-                min(until, end) - start, 0)
+            reach = max(min(until, end) - start, 0)
+            window.cat[:reach] = bytes([code]) * reach
         heads, last = window.walk(until)
         if heads and carried is None:
             outside = window.paint_outside_heads(heads)
