@@ -1,5 +1,5 @@
 """The capture summary's page counts, held to makedumpfile 1.7.2's own report
-(``--message-level 31``: "Free pages", "Non-private cache pages", "User
+(its page-count report: "Free pages", "Non-private cache pages", "User
 process data pages", "Pages filled with zero") on the same vmcore and level.
 
 Pages whose struct page could not be read are kept, so they are never
@@ -17,23 +17,8 @@ import pytest
 
 from slimdump.sources import open_dump
 from slimdump.sources.base import partial_pages
-from tests.conftest import real_vmcore, run, slimdump, tool
-
-REPORT = {"zero": "Pages filled with zero", "cache": "Non-private cache pages",
-          "cache_private": "Private cache pages", "user": "User process data pages",
-          "free": "Free pages"}
-
-
-def makedumpfile_report(vmcore: Path, level: int, out: Path) -> dict[str, int]:
-    res = run(tool("makedumpfile"), "-l", "-d", str(level), "--message-level", "31",
-              vmcore, out)
-    text = res.stdout + res.stderr
-    counts = {}
-    for key, label in REPORT.items():
-        m = re.search(rf"{label}\s*:\s*0x([0-9a-f]+)", text)
-        assert m, f"makedumpfile printed no {label!r}"
-        counts[key] = int(m.group(1), 16)
-    return counts
+from tests.conftest import real_vmcore, slimdump
+from tests.test_pages import makedumpfile_report
 
 
 def summary_counts(line: str) -> dict[str, int]:
@@ -49,7 +34,7 @@ def summary_counts(line: str) -> dict[str, int]:
 @pytest.mark.parametrize("level", [31, 19])
 def test_summary_counts_are_makedumpfile_s(tmp_path: Path, name: str, level: int) -> None:
     vmcore = real_vmcore(name)
-    want = makedumpfile_report(vmcore, level, tmp_path / "mdf")
+    want = makedumpfile_report(name, level)
     with open_dump(vmcore) as src:
         # makedumpfile 1.7.2 leaves a trailing partial page out of its 1st
         # bitmap (README, "Oracles"); slimdump keeps it, and it may be zero

@@ -554,7 +554,8 @@ def makedumpfile_report(name: str, level: int) -> dict[str, int]:
         res = run(tool("makedumpfile"), "--message-level", "16", "-l", "-d", str(level),
                   vmcore, Path(tmp) / "dump")
     text = res.stdout + res.stderr
-    labels = {"Non-private cache pages": "cache", "Private cache pages": "cache_private",
+    labels = {"Pages filled with zero": "zero",
+              "Non-private cache pages": "cache", "Private cache pages": "cache_private",
               "User process data pages": "user", "Free pages": "free",
               "Hwpoison pages": "hwpoison", "Offline pages": "offline"}
     out = {}
@@ -651,7 +652,8 @@ def test_same_pages_as_makedumpfile_on_61(name: str, level: int) -> None:
 @pytest.mark.parametrize("name", ["6.1-sysrq", "6.1-oom"])
 def test_counts_match_makedumpfile_report(name: str) -> None:
     _present, _dumpable, counts = slimdump_classes(name, 31)
-    report = makedumpfile_report(name, 31)
+    # zero pages are judged from content, by the writers (test_capture_summary)
+    report = {k: v for k, v in makedumpfile_report(name, 31).items() if k != "zero"}
     ours = counts.as_dict()
     assert {k: ours[k] for k in report} == report
 
