@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from slimdump import cli
 from tests import synthcore as sc
 from tests.conftest import real_vmcore, slimdump
-from tests.oracles import readelf_loads
+from tests.oracles import libkdumpfile_view, readelf_loads
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -49,6 +49,7 @@ def check_every_command(path: Path, outdir: Path) -> None:
     for extra in ([], ["--full"]):
         out = outdir / f"out{len(extra)}"
         code, err = run_cli("capture", "--no-progress", *extra, str(path), str(out))
+        triage = Path(f"{out}.triage")
         if code:
             assert err.count("\n") == 1 and "Traceback" not in err, err
             assert str(path) in err or str(out) in err, err
@@ -57,6 +58,10 @@ def check_every_command(path: Path, outdir: Path) -> None:
             assert out.exists()
             assert run_cli("inspect", str(out))[0] == 0
             out.unlink()
+        # the triage slimdump, written before a big dump, is whole or absent
+        if triage.exists():
+            assert run_cli("inspect", str(triage))[0] == 0
+            triage.unlink()
     assert list(outdir.iterdir()) == [], "temporary files left behind"
 
 
@@ -129,14 +134,24 @@ def test_hostile_note_size(tmp_path: Path) -> None:
     assert "past the end of its segment" in res.stderr
 
 
-def test_truncated_inside_data_full_copy(tmp_path: Path) -> None:
+def test_truncated_inside_data_saves_the_rest(tmp_path: Path) -> None:
+    """A core cut inside its last page: the pages it holds are saved, the
+    cut one is missing in the dump (libkdumpfile says so), not zeros."""
     data = sc.sample_x86_64_core()
-    path = tmp_path / "cut"
+    whole, path = tmp_path / "whole", tmp_path / "cut"
+    whole.write_bytes(data)
     path.write_bytes(data[:-100])
-    res = slimdump("capture", path, tmp_path / "out")
-    assert_clean_failure(res.returncode, res.stderr, path)
-    assert "truncated" in res.stderr
-    assert not (tmp_path / "out").exists()
+    res = slimdump("capture", "-d", "0", path, tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"1 page(s) could not be read from {path}" in res.stderr
+    got, full = libkdumpfile_view(tmp_path / "out"), libkdumpfile_view(whole)
+    assert "error" not in got and "error" not in full, (got, full)
+    # the page whose bytes the cut file no longer holds in full (readelf -l)
+    (last,) = [ld for ld in readelf_loads(whole) if ld.offset + ld.filesz == len(data)]
+    cut = (last.paddr + last.filesz - 1) // 4096
+    assert cut in full["pages"] and cut not in got["pages"]    # not in the dump's pagemap
+    assert got["pages"] == {pfn: h for pfn, h in full["pages"].items() if pfn != cut}
 
 
 # -- property-based: mutate the headers and notes of real vmcores ---------------------
@@ -195,8 +210,9 @@ def test_mutated_real_headers(real_headers: bytes, data: st.DataObject) -> None:
 
 
 def test_memory_map_beyond_physical_address_space(tmp_path: Path) -> None:
-    """A PT_LOAD above 2^52 (no machine has such addresses) is refused in
-    one line, rather than walking a petabyte-sized page bitmap."""
+    """A PT_LOAD above 2^52 (no machine has such addresses): no page bitmap
+    of a petabyte is walked; the dump is saved as a byte copy and a warning
+    says why, or, where no copy can be made (-F), refused in one line."""
     path = tmp_path / "vmcore"
     path.write_bytes(sc.build_core(
         [sc.Note(b"CORE", sc.NT_PRSTATUS, sc.prstatus_x86_64(1, sc.sample_regs_x86_64(0)))],
@@ -204,8 +220,15 @@ def test_memory_map_beyond_physical_address_space(tmp_path: Path) -> None:
          sc.Load(1 << 53, 0xFFFF888000200000, bytes(4096))]))
     outdir = tmp_path / "out"
     outdir.mkdir()
-    for options in ([], ["-E"], ["-F"]):
+    for options in ([], ["-E"]):
         res = slimdump("capture", *options, path, outdir / "x")
-        assert_clean_failure(res.returncode, res.stderr, path)
+        assert res.returncode == 0, res.stderr
         assert "beyond a 52-bit physical address space" in res.stderr
-    assert list(outdir.iterdir()) == []
+        assert "copying the dump byte for byte" in res.stderr
+        assert (outdir / "x").read_bytes() == path.read_bytes()
+        (outdir / "x").unlink()
+        (outdir / "x.triage").unlink()
+    res = slimdump("capture", "-F", path, outdir / "x")
+    assert_clean_failure(res.returncode, res.stderr, path)
+    assert "beyond a 52-bit physical address space" in res.stderr
+    assert sorted(p.name for p in outdir.iterdir()) == ["x.triage"]

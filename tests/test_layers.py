@@ -45,7 +45,7 @@ def layer_of(module: str) -> str | None:
     head = parts[0]
     if len(parts) == 1 and head in BASE:
         return "base"
-    if head in ("sources", "kernel", "triage", "writers", "analysis"):
+    if head in ("sources", "kernel", "triage", "writers", "analysis", "capture"):
         return head
     if len(parts) > 1:
         return None
@@ -53,8 +53,6 @@ def layer_of(module: str) -> str | None:
         return "triage"
     if head == "filtered":
         return "selection"
-    if head == "capture":
-        return "capture"
     if head == "drgn":
         return "analysis"
     if head in TOP or head.startswith("makedumpfile_"):

@@ -7,12 +7,14 @@ one line on stderr naming the file and the problem, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from slimdump.cliargs import build_parser
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, Terminated, describe
 from slimdump.notes import NoCoreDump, find_nocoredump
 from slimdump.policy import Policy
 from slimdump.progress import human_size
@@ -22,6 +24,9 @@ from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.marked import write_marked
 
 EXIT_OK, EXIT_FAILED = 0, 1
+# the disk could not hold even the smallest dump: DST holds it cut short and
+# marked incomplete (DUMP_DH_COMPRESSED_INCOMPLETE), beside the triage slimdump
+EXIT_INCOMPLETE = 2
 
 def _is_split_part(path: str) -> bool:
     """An existing kdump-compressed file that is a part of a --split set."""
@@ -54,7 +59,7 @@ def _one_or_all(paths: Sequence[str]) -> str | list[str]:
 # not pay for the analyzer's imports, nor dmesg for capture's.
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from slimdump.capture import capture
+    from slimdump.capture import TRIAGE_BESIDE, capture
 
     policy = Policy.load(args.policy)
     from slimdump.writers.options import DumpOptions
@@ -75,14 +80,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
         raise DumpError(None, "DST is required (only -F writes to standard output)")
     options = DumpOptions(args.format, args.codec, args.dump_level, args.threads, split,
                           args.splitblock)
+    triage = None if args.no_triage else args.triage or TRIAGE_BESIDE
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
                      progress=False if args.no_progress else None, policy=policy,
-                     dump_dmesg=args.dump_dmesg, options=options)
+                     dump_dmesg=args.dump_dmesg, options=options, triage=triage)
     from slimdump.capture import summary_lines
 
     for line in summary_lines(result, policy.source, args.src):
         print(f"slimdump: {line}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_INCOMPLETE if result.incomplete else EXIT_OK
 
 
 def cmd_mark(args: argparse.Namespace) -> int:
@@ -191,18 +197,51 @@ COMMANDS = {"capture": cmd_capture, "mark": cmd_mark, "dmesg": cmd_dmesg,
             "reassemble": cmd_reassemble, "inspect": cmd_inspect, "setup": cmd_setup}
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def unwinding_signals() -> Iterator[None]:
+    """SIGTERM (a service stopped, a watchdog) and SIGHUP unwind like Ctrl-C
+    while the block runs: every temporary file is removed, nothing stands
+    half-written under a final name; what was fsynced before (the triage
+    slimdump) stays.  The previous handlers come back afterwards."""
+    signums = (signal.SIGTERM, signal.SIGHUP)
+    try:
+        previous = [signal.signal(signum, _terminate) for signum in signums]
+    except ValueError:          # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in zip(signums, previous, strict=True):
+            signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with unwinding_signals():
+            return COMMANDS[args.command](args)
     except DumpError as exc:
         print(f"slimdump: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("slimdump: interrupted; nothing was written under the final name",
-              file=sys.stderr)
-        return EXIT_FAILED
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"slimdump: stopped by {signal.Signals(signum).name}; nothing was written "
+              "under the final name", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception as exc:    # a bug or data no check foresaw: one line, no traceback
+        print(f"slimdump: internal error: {describe(exc)} (SLIMDUMP_DEBUG=1 shows where)",
+              file=sys.stderr)
+        if os.environ.get("SLIMDUMP_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
         return EXIT_FAILED
 
 

@@ -154,7 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "check, every page but its ADDR page). "
                     "Defaults: PANIC_MCE, PANIC_GHES, PANIC_NMI -> slim, anything else -> "
                     "normal. If the log cannot be read, the normal dump is saved. DST is "
-                    "written under a temporary name, fsynced and renamed; mode 0600.")
+                    "written under a temporary name, fsynced and renamed; mode 0600. "
+                    "Before a normal or full dump, the triage slimdump (reason, log, "
+                    "metadata; kilobytes) is written and fsynced to DST.triage, so that "
+                    "they survive whatever happens to the big dump. If the disk fills up, "
+                    "the partial dump is removed and the smallest dump is written instead "
+                    "(kdump-compressed, -d 31, zstd when installed, else zlib). Pages that "
+                    "cannot be read from SRC are left out (never written as zeros) and "
+                    "listed in the dump's SLIMDUMP metadata. Exit status: 0 a dump was "
+                    "saved (warnings say if it is not the one asked for), 1 nothing was "
+                    "saved under DST (the triage slimdump may be), 2 the disk could not hold "
+                    "even the smallest dump: DST holds it cut short, its header marked "
+                    "incomplete, 128+N stopped by signal N (nothing under DST).")
     cap.add_argument("paths", metavar="PATH", nargs="+",
                      help="SRC: the dump to read, e.g. /proc/vmcore, or every part of a "
                           "makedumpfile --split set (any order); DST: the file to write (with "
@@ -198,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--dump-dmesg", action="store_true",
                      help="also write the crashed kernel's log to DST.dmesg.txt (as kdump-tools "
                           "does); reads the log buffer even when the kernel left a note")
+    tri = cap.add_mutually_exclusive_group()
+    tri.add_argument("--triage", metavar="FILE",
+                     help="write the triage slimdump to FILE instead of DST.triage (with -F "
+                          "to standard output there is none unless this is given)")
+    tri.add_argument("--no-triage", action="store_true",
+                     help="no triage slimdump before a normal or full dump")
     cap.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     cap.add_argument("--no-progress", action="store_true",
                      help="no progress bar (shown only on a terminal anyway)")

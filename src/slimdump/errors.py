@@ -21,3 +21,39 @@ class DumpError(Exception):
 
 class NotInDump(DumpError):
     """Memory that the dump does not hold (never silently read as zeros)."""
+
+
+class OutputError(DumpError):
+    """Writing the output failed (the destination's fault, not the
+    source's): ``errno`` says why (ENOSPC, EIO, EFBIG...), so that capture
+    can retry with a smaller dump when the disk is full."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str,
+                 errno: int | None = None) -> None:
+        super().__init__(path, problem)
+        self.errno = errno
+
+
+class SourceReadError(DumpError):
+    """Bytes the source claims to hold could not be read (EIO, a short
+    read): the pages they belong to are lost, not zeros."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived (raised by the command line's handler, so
+    that every ``with`` block removes its temporary file, as for Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def describe(exc: BaseException) -> str:
+    """One line for any failure: a DumpError names its file and problem; any
+    other exception (a bug, or data no check foresaw) its type and text."""
+    if isinstance(exc, DumpError):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

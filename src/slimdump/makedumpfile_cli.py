@@ -84,7 +84,13 @@ options (as makedumpfile 1.7.2):
                      /usr/bin/makedumpfile.distrib, else makedumpfile on PATH),
                      or is refused when there is none
 
-exit status: 0 done, 1 failed (as makedumpfile)
+exit status: 0 done (a warning says when a full disk left room only for the
+smallest dump, -d 31), 1 failed (as makedumpfile; when even the smallest dump
+did not fit, DUMPFILE holds it cut short, its header marked incomplete, as
+makedumpfile leaves it), 128+N stopped by signal N.
+Before a dump bigger than a slimdump, the triage slimdump (reason, log;
+kilobytes) is written and fsynced beside DUMPFILE: DUMPFILE.triage, or for
+kdump-tools' dump-incomplete, dump.triage.
 """
 
 
@@ -182,8 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_params:
         return EXIT_OK
     _watch_stdout()
-    return run(args, argv, written=lambda: _CountingStdout.written, hand_over=_hand_over,
-               say=_say)
+    from slimdump.cli import unwinding_signals
+
+    with unwinding_signals():
+        return run(args, argv, written=lambda: _CountingStdout.written,
+                   hand_over=_hand_over, say=_say)
 
 
 def _refuse(verdict: Verdict, *, check_only: bool) -> int:

@@ -7,6 +7,7 @@ something (the real makedumpfile, else a slimdump of the headers and notes).
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -18,7 +19,7 @@ from slimdump.capture import (
     summary_lines,
     write_small_output,
 )
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, Terminated, describe
 from slimdump.makedumpfile_args import (
     ML_PRINT_COMMON,
     ML_PRINT_DEBUG,
@@ -36,13 +37,6 @@ from slimdump.writers.slim import slimdump_bytes
 EXIT_OK, EXIT_FAILED = 0, 1
 Say = Callable[[str], None]
 HandOver = Callable[[Sequence[str], str], "int | None"]   # None: no real makedumpfile
-
-
-def _problem(exc: BaseException) -> str:
-    """One line for any failure: DumpError says file and problem itself."""
-    if isinstance(exc, DumpError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def run(args: MdfArgs, argv: Sequence[str], *, written: Callable[[], int],
@@ -140,20 +134,25 @@ def _dump(args: MdfArgs, argv: Sequence[str], *, written: Callable[[], int],
         policy = Policy.load(None)
         result = capture(src, dst, overwrite=args.force, progress=progress, policy=policy,
                          options=options, work_dir=args.work_dir)
-    except KeyboardInterrupt:
-        error("interrupted; nothing was written under the final name")
-        return EXIT_FAILED
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        error(f"stopped by {signal.Signals(signum).name}; nothing was written under the "
+              "final name")
+        return 128 + signum
     except Exception as exc:  # never lose a dump: every failure has a fallback
-        error(f"capture failed: {_problem(exc)}")
+        error(f"capture failed: {describe(exc)}")
         if args.message_level & ML_PRINT_DEBUG:
             import traceback
 
             traceback.print_exc()
         return _fall_back(args, argv, src, dst, written=written, hand_over=hand_over,
-                          note=note, error=error, problem=_problem(exc))
+                          note=note, error=error, problem=describe(exc))
     for line in summary_lines(result, policy.source, src):
         note(line)
-    return EXIT_OK
+    # the disk could not hold even the smallest dump: DUMPFILE holds it cut
+    # short, its header marked incomplete, and the status is makedumpfile's
+    # for ENOSPC (1; its 2 means a release mismatch)
+    return EXIT_FAILED if result.incomplete else EXIT_OK
 
 
 def _fall_back(args: MdfArgs, argv: Sequence[str], src: str, dst: str | None, *,
@@ -174,7 +173,7 @@ def _fall_back(args: MdfArgs, argv: Sequence[str], src: str, dst: str | None, *,
     try:
         size = _emergency_slimdump(src, dst, args, problem)
     except Exception as exc:
-        error(f"no fallback dump either: {_problem(exc)}")
+        error(f"no fallback dump either: {describe(exc)}")
         return EXIT_FAILED
     note(f"wrote a slimdump of the headers and notes instead ({size} bytes) to "
          f"{dst or 'standard output'}")

@@ -18,10 +18,12 @@ few MiB only, not for the whole file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 from types import TracebackType
 
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, OutputError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
@@ -51,12 +53,51 @@ class FdOutput:
                 view = view[n:]
                 offset += n
         except OSError as exc:
-            raise DumpError(self.name, f"write failed: {exc.strerror or exc}") from None
+            raise OutputError(self.name, f"write failed: {exc.strerror or exc}",
+                              exc.errno) from None
 
 
 def as_output(out: PositionedOutput | int) -> PositionedOutput:
     """Accept a file descriptor where an output object is expected."""
     return FdOutput(out) if isinstance(out, int) else out
+
+
+def part_name(dst: str) -> str:
+    """A temporary name for ``dst`` (a hidden file in its directory)."""
+    return f".{os.path.basename(dst)}.{os.urandom(4).hex()}.part"
+
+
+_PART = re.compile(r"\..+\.[0-9a-f]{8}\.part\Z")
+
+
+def remove_stale_parts(directory: str) -> list[str]:
+    """Remove the temporary files a killed run left in ``directory`` (SIGKILL,
+    a crash, a power cut): those that match :func:`part_name` and that no
+    process holds locked.  A run still writing holds its lock, so two
+    captures into one directory leave each other alone.  Returns the names
+    removed; never raises."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not _PART.match(name):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+            removed.append(name)
+        except OSError:
+            pass                 # held by a live run, or already gone
+        finally:
+            os.close(fd)
+    return removed
 
 
 class AtomicOutput:
@@ -79,15 +120,18 @@ class AtomicOutput:
         directory = os.path.dirname(os.path.abspath(self.dst))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         for _ in range(100):
-            tmp = os.path.join(directory, f".{os.path.basename(self.dst)}."
-                                          f"{os.urandom(4).hex()}.part")
+            tmp = os.path.join(directory, part_name(self.dst))
             try:
                 self.fd = os.open(tmp, flags, 0o600)
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise DumpError(self.dst, f"cannot create output: "
-                                          f"{exc.strerror or exc}") from None
+                raise OutputError(self.dst, f"cannot create output: {exc.strerror or exc}",
+                                  exc.errno) from None
+            # held until the file is renamed or removed: a temporary file
+            # nobody holds is a killed run's (remove_stale_parts)
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.tmp = tmp
             return self
         raise DumpError(self.dst, "cannot create output: no free temporary name")
@@ -103,7 +147,8 @@ class AtomicOutput:
                 if offset is not None:
                     offset += n
         except OSError as exc:
-            raise DumpError(self.dst, f"write failed: {exc.strerror or exc}") from None
+            raise OutputError(self.dst, f"write failed: {exc.strerror or exc}",
+                              exc.errno) from None
         self._unflushed += len(data)
         if self._unflushed >= WRITEBACK_BYTES:
             self._unflushed = 0
@@ -115,7 +160,8 @@ class AtomicOutput:
         try:
             os.ftruncate(self.fd, size)
         except OSError as exc:
-            raise DumpError(self.dst, f"cannot set size: {exc.strerror or exc}") from None
+            raise OutputError(self.dst, f"cannot set size: {exc.strerror or exc}",
+                              exc.errno) from None
 
     def commit(self) -> None:
         try:
@@ -130,7 +176,8 @@ class AtomicOutput:
             finally:
                 os.close(dirfd)
         except OSError as exc:
-            raise DumpError(self.dst, f"cannot complete output: {exc.strerror or exc}") from None
+            raise OutputError(self.dst, f"cannot complete output: {exc.strerror or exc}",
+                              exc.errno) from None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
