@@ -918,7 +918,8 @@ def _collect_script(command: Sequence[str]) -> str:
 def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, *,
                   mem_mib: int = DEFAULT_MEM_MIB, cpus: int = DEFAULT_CPUS,
                   timeout_s: int = DEFAULT_TIMEOUT_S, patched: bool = False,
-                  kexec: str = "-p", log: Log = eprint) -> CollectorResult:
+                  kexec: str = "-p", crashkernel_mib: int = COLLECT_CRASHKERNEL_MIB,
+                  modules: Sequence[str] = (), log: Log = eprint) -> CollectorResult:
     """Crash a kernel as the fixtures do, then run ``command`` in the capture kernel.
 
     The capture kernel mounts the host's / read-only over 9p under a tmpfs
@@ -927,7 +928,10 @@ def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, 
     ``{vmcore}`` is /proc/vmcore and ``{out}`` a writable 9p share of OUTDIR.
     OUTDIR gets collector.stdout, collector.stderr, collector.status (the exit
     status) and console.log.  Raises LabError if the command could not be run.
-    ``patched``, ``kexec``: as in FixtureSpec.
+    ``patched``, ``kexec``: as in FixtureSpec.  ``crashkernel_mib``: the
+    memory reserved for the capture kernel (crashkernel=).  ``modules``: more
+    modules the capture kernel loads (with their dependencies) before the
+    command runs, e.g. ``dm_mod``, ``dm_flakey``, ``loop`` for real faults.
     """
     if mode not in MODES:
         raise LabError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -943,13 +947,13 @@ def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, 
         with contextlib.suppress(FileNotFoundError):
             (outdir / name).unlink()
     spec = FixtureSpec(series, mode, mem_mib=mem_mib, cpus=cpus,
-                       crashkernel_mib=COLLECT_CRASHKERNEL_MIB, timeout_s=timeout_s,
+                       crashkernel_mib=crashkernel_mib, timeout_s=timeout_s,
                        patched=patched, kexec=kexec)
     kernel = kernel_for(spec, log)
     console = outdir / COLLECT_CONSOLE
     with tempfile.TemporaryDirectory(prefix="vmcorelab-collect-") as tmp:
         work = Path(tmp)
-        initrd = build_initramfs(kernel, mode, work, modules=COLLECT_MODULES,
+        initrd = build_initramfs(kernel, mode, work, modules=(*COLLECT_MODULES, *modules),
                                  init_text=COLLECT_INIT,
                                  extra_files={"collect.sh": _collect_script(command)},
                                  kexec=kexec)
