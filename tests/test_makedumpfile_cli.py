@@ -187,6 +187,25 @@ def test_flattened_to_stdout(options: list[str], tmp_path: Path,
     assert_same_dump(rearrange(a, tmp_path / "a"), rearrange(b, tmp_path / "b"), src)
 
 
+def test_kdump_tools_pipeline_leaves_the_triage_beside_the_dump(
+        tmp_path: Path, as_makedumpfile: dict[str, str]) -> None:
+    """kdump-tools' pipeline, ``makedumpfile -F -c -d 31 VMCORE | compress >
+    dump-incomplete``: the triage slimdump goes beside the file the stream
+    ends up in, as dump.triage; the stream is still makedumpfile's."""
+    src, stamp = real_vmcore(SOFTWARE), tmp_path / "stamp"
+    stamp.mkdir()
+    line = f"makedumpfile {' '.join(KDUMP_TOOLS)} {src} | cat > {stamp}/dump-incomplete"
+    res = subprocess.run(["sh", "-c", line], env=as_makedumpfile, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in stamp.iterdir()) == ["dump-incomplete", "dump.triage"]
+    owners = [n.owner for n in readelf_notes(stamp / "dump.triage")]
+    assert "VMCOREINFO" in owners and "SLIMDUMP" in owners
+    assert mdf(*KDUMP_TOOLS, src, stdout=tmp_path / "theirs").returncode == 0
+    assert_same_dump(rearrange(stamp / "dump-incomplete", tmp_path / "a"),
+                     rearrange(tmp_path / "theirs", tmp_path / "b"), src)
+
+
 def test_dump_dmesg_as_makedumpfile(tmp_path: Path, as_makedumpfile: dict[str, str]) -> None:
     for name in (SOFTWARE, HARDWARE):
         src = real_vmcore(name)

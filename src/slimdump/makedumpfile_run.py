@@ -7,16 +7,20 @@ something (the real makedumpfile, else a slimdump of the headers and notes).
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import sys
 from collections.abc import Callable, Sequence
 
 from slimdump.capture import (
+    TRIAGE_BESIDE,
     Decision,
     capture,
     decide,
     slim_metadata,
     summary_lines,
+    triage_path,
     write_small_output,
 )
 from slimdump.errors import DumpError, Terminated, describe
@@ -132,8 +136,11 @@ def _dump(args: MdfArgs, argv: Sequence[str], *, written: Callable[[], int],
     progress = None if args.message_level & ML_PRINT_PROGRESS else False
     try:
         policy = Policy.load(None)
+        # -F to standard output: the triage slimdump goes beside the file the
+        # stream ends up in, when there is one to find
+        triage = TRIAGE_BESIDE if dst else _stream_triage()
         result = capture(src, dst, overwrite=args.force, progress=progress, policy=policy,
-                         options=options, work_dir=args.work_dir)
+                         options=options, work_dir=args.work_dir, triage=triage)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         error(f"stopped by {signal.Signals(signum).name}; nothing was written under the "
@@ -153,6 +160,38 @@ def _dump(args: MdfArgs, argv: Sequence[str], *, written: Callable[[], int],
     # short, its header marked incomplete, and the status is makedumpfile's
     # for ENOSPC (1; its 2 means a release mismatch)
     return EXIT_FAILED if result.incomplete else EXIT_OK
+
+
+def stream_file() -> str | None:
+    """The regular file standard output ends up in: itself; or, when it is
+    a pipe, the file that the process reading the pipe writes its standard
+    output to (kdump-tools: ``makedumpfile -F ... | compress > dump-incomplete``).
+    None when there is none (a terminal, ssh, a device)."""
+    try:
+        st = os.fstat(1)
+        if stat.S_ISREG(st.st_mode):
+            return os.readlink("/proc/self/fd/1")
+        if not stat.S_ISFIFO(st.st_mode):
+            return None
+        pipe = f"pipe:[{st.st_ino}]"
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/0") != pipe:
+                continue
+            out = os.readlink(f"/proc/{pid}/fd/1")
+        except OSError:
+            continue
+        if out.startswith("/") and os.path.isfile(out):
+            return out
+    return None
+
+
+def _stream_triage() -> str | None:
+    where = stream_file()
+    return triage_path(where) if where else None
 
 
 def _fall_back(args: MdfArgs, argv: Sequence[str], src: str, dst: str | None, *,
