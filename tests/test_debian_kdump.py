@@ -70,7 +70,8 @@ def sysrq() -> dict[str, Any]:
 
 def stamp_file(result: dict[str, Any], prefix: str) -> Path:
     """/var/crash/STAMP/<prefix>.STAMP as read back from the disk image."""
-    files = [f for f in result["stamp_files"] if Path(f["path"]).name.startswith(prefix + ".")]
+    files = [f for f in result["stamp_files"] if Path(f["path"]).name.startswith(prefix + ".")
+             and not f["path"].endswith(".triage")]
     assert len(files) == 1, result["stamp_files"]
     return Path(result["outdir"]) / files[0]["path"].removeprefix("/var/")
 
@@ -88,13 +89,18 @@ def unflatten(flat: Path, out: Path) -> Path:
     return out
 
 
-def common_checks(result: dict[str, Any]) -> None:
-    """kdump-tools' own save path ran slimdump and said it saved the vmcore."""
+def common_checks(result: dict[str, Any], *, triage: bool) -> None:
+    """kdump-tools' own save path ran slimdump and said it saved the vmcore;
+    ``triage``: a dump bigger than a slimdump, so slimdump wrote the triage
+    slimdump first, beside it (dump.triage in the stamp directory)."""
     assert result["saved_vmcore"], result["console_log"]
     assert result["deb"] and "makedumpfile" in result["deb"]["diversion"]
     assert result["oracle_rc"] is not None and set(result["oracle_rc"].split()) == {"0"}
-    names = sorted(Path(f["path"]).name.split(".")[0] for f in result["stamp_files"])
-    assert names == ["dmesg", "dump"], result["stamp_files"]  # no vmcore.STAMP: no 'cp' fallback
+    names = sorted(Path(f["path"]).name if f["path"].endswith(".triage")
+                   else Path(f["path"]).name.split(".")[0] for f in result["stamp_files"])
+    # no vmcore.STAMP: no 'cp' fallback
+    assert names == ["dmesg", "dump", *(["dump.triage"] if triage else [])], \
+        result["stamp_files"]
     # dmesg.STAMP: what the real makedumpfile wrote for the same /proc/vmcore
     ours = stamp_file(result, "dmesg").read_bytes()
     assert ours == oracle_file(result, "oracle-dmesg.txt").read_bytes()
@@ -102,7 +108,7 @@ def common_checks(result: dict[str, Any]) -> None:
 
 
 def test_machine_check_saves_a_slimdump(mce: dict[str, Any], tmp_path: Path) -> None:
-    common_checks(mce)
+    common_checks(mce, triage=False)
     dump = stamp_file(mce, "dump")
     # kdump-tools ran makedumpfile -F: a flattened stream, of kilobytes
     assert dump.read_bytes()[:12] == b"makedumpfile"
@@ -132,8 +138,16 @@ def test_machine_check_saves_a_slimdump(mce: dict[str, Any], tmp_path: Path) -> 
 
 
 def test_sysrq_saves_the_filtered_dump(sysrq: dict[str, Any], tmp_path: Path) -> None:
-    common_checks(sysrq)
+    common_checks(sysrq, triage=True)
     dump = stamp_file(sysrq, "dump")
+    # the triage slimdump, fsynced before the dump: notes and the log, whose
+    # panic line is the one the real makedumpfile's dmesg.STAMP shows
+    triage = dump.with_name("dump.triage")
+    owners = {n.owner for n in readelf_notes(triage)}
+    assert {"CORE", "VMCOREINFO", "SLIMDUMP"} <= owners, owners
+    panic = [line for line in oracle_file(sysrq, "oracle-dmesg.txt").read_text(
+        errors="replace").splitlines() if "Kernel panic - not syncing:" in line]
+    assert panic and panic[-1].split("] ", 1)[-1].encode() in triage.read_bytes()
     assert dump.read_bytes()[:12] == b"makedumpfile"
     kdump = unflatten(dump, tmp_path / "dump.kdump")
     ours = read_kdump(kdump)
