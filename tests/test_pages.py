@@ -483,12 +483,11 @@ def test_big_endian_or_32_bit_layout_is_refused(tmp_path: Path) -> None:
     with open_dump(synthetic_core(tmp_path, V612)) as src:
         layout = StructPageLayout.from_info(classifier(src).mem)
     check_layout("x.vmcore", layout, 31)                     # the real one passes
-    for changes in ({"word_size": 4}, {"endian": ">"}, {"free_area": 0},
-                    {"free_area": 64}):
+    # (LENGTH(zone.free_area) is refused where it is read: the test above)
+    for changes in ({"word_size": 4}, {"endian": ">"}):
         with pytest.raises(KernelViewError) as exc:
             check_layout("x.vmcore", replace(layout, **changes), 31)
-        one_line_refusal(exc, "x.vmcore", "32-bit" if "free_area" not in changes
-                         else "LENGTH(zone.free_area)")
+        one_line_refusal(exc, "x.vmcore", "32-bit")
 
 
 @needs_native

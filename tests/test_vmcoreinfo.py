@@ -54,4 +54,7 @@ def test_missing_and_garbage_are_none() -> None:
 
 
 def test_absurd_crashtime() -> None:
-    assert VmcoreInfo.parse("CRASHTIME=99999999999999999999\n").crash_datetime is None
+    info = VmcoreInfo.parse("CRASHTIME=99999999999999999999\n")
+    assert info.crash_datetime is None
+    assert info.crashtime is None                       # no time_t: the header gets none
+    assert VmcoreInfo.parse("CRASHTIME=-5\n").crashtime is None

@@ -27,6 +27,9 @@ MASK64 = (1 << 64) - 1
 # How far past _stext (rounded down to 2 MiB) the image shortcut applies;
 # real kernel images are a few tens of MiB, modules and vmalloc lie outside.
 IMAGE_SPAN = 256 << 20
+#: the virtual address widths arm64 kernels are built with (arch/arm64/Kconfig,
+#: ARM64_VA_BITS: 36, 39, 42, 47, 48 or 52)
+MIN_VA_BITS, MAX_VA_BITS = 36, 52
 
 
 class Arm64:
@@ -36,13 +39,15 @@ class Arm64:
         from slimdump.kernel.memory import KernelViewError
 
         self.mem = mem
-        values = {k: info.number(k) for k in ("VA_BITS", "kimage_voffset", "PHYS_OFFSET")}
-        missing = [k for k, v in values.items() if v is None]
+        values = {k: info.number(k) for k in ("kimage_voffset", "PHYS_OFFSET")}
+        va_bits = info.bounded("NUMBER(VA_BITS)", MIN_VA_BITS, MAX_VA_BITS, mem.path,
+                               "arm64's ARM64_VA_BITS choices")
+        missing = [k for k, v in (("VA_BITS", va_bits), *values.items()) if v is None]
         if missing:
             raise KernelViewError(mem.path, "VMCOREINFO lacks " + ", ".join(
                 f"NUMBER({k})" for k in missing))
-        va_bits = values["VA_BITS"]
         assert va_bits is not None
+        # any 64-bit value works: the arithmetic is modulo 2^64
         self.kimage_voffset = values["kimage_voffset"] or 0
         self.phys_offset = values["PHYS_OFFSET"] or 0
         upper_half = (-(1 << (va_bits - 1))) & MASK64

@@ -136,9 +136,6 @@ def check_layout(path: str, layout: StructPageLayout, dump_level: int) -> None:
         raise KernelViewError(path, "struct page of a big-endian or 32-bit kernel (or on a "
                                     "big-endian host) cannot be judged; only little-endian "
                                     "64-bit kernels can")
-    if not 1 <= layout.free_area <= 63:
-        raise KernelViewError(path, f"LENGTH(zone.free_area)={layout.free_area} is out of "
-                                    "range (1..63)")
     if NATIVE is None:
         raise KernelViewError(path, "the C page classifier (slimdump.kernel._pageclass) is "
                                     "not built: reinstall slimdump with a C compiler")

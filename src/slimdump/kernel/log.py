@@ -49,7 +49,9 @@ def extract_dmesg(source: DumpSource, fmt: str = "makedumpfile") -> bytes:
     return render_makedumpfile(log, machine=source.header.e_machine)
 
 
-_PREFIX = re.compile(r"^\[\s*(\d+)\.(\d{6})\] ")
+# makedumpfile's ``[%5llu.%06llu] `` of a u64 of nanoseconds: at most 11
+# digits of seconds; a line with a longer number is text (no timestamp)
+_PREFIX = re.compile(r"^\[\s*(\d{1,11})\.(\d{6})\] ")
 
 
 def records_from_text(text: str) -> list[tuple[int, str]]:

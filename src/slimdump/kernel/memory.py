@@ -12,14 +12,10 @@ import struct
 from collections.abc import Callable
 
 from slimdump.elf import EM_AARCH64, EM_X86_64
-from slimdump.errors import DumpError
-from slimdump.kernel.vmcoreinfo import VmcoreInfo
+from slimdump.kernel.vmcoreinfo import KernelViewError, VmcoreInfo
 from slimdump.sources.base import DumpSource
 
-
-class KernelViewError(DumpError):
-    """The crashed kernel cannot be seen as asked: missing VMCOREINFO keys,
-    an address no page table maps, an architecture not supported."""
+__all__ = ["KernelMemory", "KernelViewError"]
 
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
@@ -39,7 +35,9 @@ class KernelMemory:
         self.source = source
         self.info = info
         self.endian = source.header.endian
-        self.page_size = info.page_size or 4096
+        # every read is cut at page boundaries: PAGESIZE validated first
+        self.page_size = info.valid_page_size(source.path) or 4096
+        self.page_shift = self.page_size.bit_length() - 1
         machine = source.header.e_machine
         if machine == EM_X86_64:
             from slimdump.kernel.x86_64 import X86_64

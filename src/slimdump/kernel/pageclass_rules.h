@@ -117,15 +117,24 @@ flag_bit(int64_t bit, int *bad)
     return (uint64_t)1 << bit;
 }
 
-/* Fill *L from the params array; 0, or -1 with ValueError set. */
+/* An enumerated source 0..last, checked before narrowing to int; else -1 */
 static int
-parse_layout(const int64_t *p, Py_ssize_t n, Layout *L)
+source_of(int64_t p, int last)
+{
+    return p >= 0 && p <= last ? (int)p : -1;
+}
+
+/* Fill *L from P_COUNT int64s (copied: any alignment); 0, or -1 with ValueError set. */
+static int
+parse_layout(const void *buf, Py_ssize_t n, Layout *L)
 {
     int bad = 0;
+    int64_t p[P_COUNT];
     if (n != P_COUNT) {
         PyErr_SetString(PyExc_ValueError, "_pageclass: wrong number of layout parameters");
         return -1;
     }
+    memcpy(p, buf, sizeof(p));
     memset(L, 0, sizeof(*L));
     L->size = p[P_SIZE_PAGE];
     L->off_flags = p[P_OFFSET_FLAGS];
@@ -133,9 +142,9 @@ parse_layout(const int64_t *p, Py_ssize_t n, Layout *L)
     L->off_mapcount = p[P_OFFSET_MAPCOUNT];
     L->off_private = p[P_OFFSET_PRIVATE];
     L->off_chead = p[P_OFFSET_COMPOUND_HEAD];
-    L->order_src = (int)p[P_ORDER_SOURCE];
+    L->order_src = source_of(p[P_ORDER_SOURCE], ORDER_FLAGS1);
     L->order_off = p[P_ORDER_OFFSET];
-    L->huge_src = (int)p[P_HUGETLB_SOURCE];
+    L->huge_src = source_of(p[P_HUGETLB_SOURCE], HUGE_PAGE_TYPE);
     L->dtor_off = p[P_DTOR_OFFSET];
     L->dtor_value = (uint8_t)(p[P_HUGETLB_PAGE_DTOR] & 0xFF);
     L->head_mask = (uint64_t)p[P_PG_HEAD_MASK];
@@ -150,7 +159,7 @@ parse_layout(const int64_t *p, Py_ssize_t n, Layout *L)
     L->hugetlb_flag = flag_bit(p[P_PG_HUGETLB], &bad);
     L->slab_is_type = p[P_PAGE_SLAB] != -1;
     L->max_order = p[P_FREE_AREA];
-    L->buddy_src = (int)p[P_BUDDY_SOURCE];
+    L->buddy_src = source_of(p[P_BUDDY_SOURCE], BUDDY_PAGE_TYPE);
     if (L->size < 8 || L->size > (1 << 20) || L->off_flags < 0
         || !field_ok(L->off_flags, 8, L->size) || !field_ok(L->off_mapping, 8, L->size)
         || !field_ok(L->off_mapcount, 4, L->size) || !field_ok(L->off_private, 8, L->size)

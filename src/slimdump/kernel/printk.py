@@ -53,6 +53,10 @@ __all__ = [
 # Anything bigger is not a log buffer but garbage read as one.
 MAX_BUFFER_BYTES = 1 << 30
 MAX_COUNT_BITS = 30
+# The printk structures are a few dozen bytes (printk_ringbuffer, prb_desc,
+# printk_info, printk_log); a size or offset past this is not one of them.
+MAX_STRUCT_BYTES = 1 << 16
+STRUCT_BOUND = "a printk structure is at most 64 KiB"
 
 # prb_desc.state_var: the top two bits of an unsigned long are the state.
 DESC_RESERVED, DESC_COMMITTED, DESC_FINALIZED, DESC_REUSABLE = range(4)
@@ -193,10 +197,16 @@ class Keys:
         return self._need("SYMBOL", name, self.info.symbol(name))
 
     def size(self, name: str) -> int:
-        return self._need("SIZE", name, self.info.size(name))
+        return self._need("SIZE", name, self.info.bounded(f"SIZE({name})", 1, MAX_STRUCT_BYTES,
+                                                          self.path, STRUCT_BOUND))
 
     def offset(self, member: str) -> int:
-        return self._need("OFFSET", member, self.info.offset(member))
+        return self._need("OFFSET", member, self.optional_offset(member))
+
+    def optional_offset(self, member: str) -> int | None:
+        """OFFSET(member), validated, or None when the kernel has no such member."""
+        return self.info.bounded(f"OFFSET({member})", 0, MAX_STRUCT_BYTES, self.path,
+                                 STRUCT_BOUND)
 
 
 def check_fits(path: str, what: str, end: int, size: int) -> None:
@@ -238,7 +248,12 @@ def facility_level_flags(buf: bytes | memoryview, at: int, endian: str
 # --------------------------------------------------------------------------
 # Plain character buffer (< 3.5)
 
-_PLAIN_PREFIX = re.compile(rb"^(?:<(\d+)>)?(?:\[\s*(\d+)\.(\d+)\] ?)?")
+# A line's ``<N>`` (facility * 8 + level) and ``[seconds.micros]`` prefixes.
+# The kernel prints a u64 of nanoseconds, so at most 11 digits of seconds: a
+# longer number (or one past 2**64 ns) is corrupt, and stays in the text.
+_PLAIN_PRIO = re.compile(rb"<(\d{1,4})>")
+_PLAIN_TIME = re.compile(rb"\[\s*(\d{1,11})\.(\d+)\] ?")
+MAX_TS_NSEC = (1 << 64) - 1
 
 
 def _read_plain(mem: KernelMemory) -> KernelLog:
@@ -276,14 +291,14 @@ def _plain_lines(raw: bytes) -> list[bytes]:
 
 def _split_plain_line(line: bytes) -> tuple[int | None, int, bytes]:
     """(``<N>`` value or None, ts_nsec or 0, text) of one plain log line."""
-    m = _PLAIN_PREFIX.match(line)
-    assert m is not None                      # every group is optional
-    prio = int(m.group(1)) if m.group(1) else None
-    ts = 0
-    if m.group(2):
-        frac = m.group(3)[:9].ljust(9, b"0")
-        ts = int(m.group(2)) * 1_000_000_000 + int(frac)
-    return prio, ts, line[m.end():]
+    prio, ts, at = None, 0, 0
+    if m := _PLAIN_PRIO.match(line):
+        prio, at = int(m.group(1)), m.end()
+    if m := _PLAIN_TIME.match(line, at):
+        nsec = int(m.group(1)) * 1_000_000_000 + int(m.group(2)[:9].ljust(9, b"0"))
+        if nsec <= MAX_TS_NSEC:
+            ts, at = nsec, m.end()
+    return prio, ts, line[at:]
 
 
 def _plain_record(line: bytes) -> LogRecord:

@@ -43,7 +43,7 @@ def read_printk_log(mem: KernelMemory) -> KernelLog:
     o_len = keys.offset(f"{struct_name}.len")
     o_text_len = keys.offset(f"{struct_name}.text_len")
     o_dict_len = keys.offset(f"{struct_name}.dict_len")
-    o_caller = info.offset(f"{struct_name}.caller_id")
+    o_caller = keys.optional_offset(f"{struct_name}.caller_id")
     for name, end in (("ts_nsec", o_ts + 8), ("len", o_len + 2), ("text_len", o_text_len + 2),
                       ("dict_len", o_dict_len + 2), ("caller_id", (o_caller or 0) + 4)):
         check_fits(path, f"{struct_name} ({name})", end, header)

@@ -45,7 +45,7 @@ def read_ringbuffer(mem: KernelMemory) -> KernelLog:
     rb_size = keys.size("printk_ringbuffer")
     desc_ring = keys.offset("printk_ringbuffer.desc_ring")
     data_ring = keys.offset("printk_ringbuffer.text_data_ring")
-    counter = mem.info.offset("atomic_long_t.counter") or 0
+    counter = keys.optional_offset("atomic_long_t.counter") or 0
     o_count_bits = desc_ring + keys.offset("prb_desc_ring.count_bits")
     o_descs = desc_ring + keys.offset("prb_desc_ring.descs")
     o_infos = desc_ring + keys.offset("prb_desc_ring.infos")
@@ -75,7 +75,7 @@ def read_ringbuffer(mem: KernelMemory) -> KernelLog:
     o_seq = keys.offset("printk_info.seq")
     o_ts = keys.offset("printk_info.ts_nsec")
     o_text_len = keys.offset("printk_info.text_len")
-    o_caller = mem.info.offset("printk_info.caller_id")
+    o_caller = keys.optional_offset("printk_info.caller_id")
     for name, end in (("seq", o_seq + 8), ("ts_nsec", o_ts + 8), ("text_len", o_text_len + 2),
                       ("caller_id", (o_caller or 0) + 4)):
         check_fits(path, f"printk_info ({name})", end, info_size)

@@ -20,6 +20,8 @@ from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory, KernelViewError
 
 MASK64 = (1 << 64) - 1
+#: bits of an address: no physical address space is wider
+MAX_ADDRESS_BITS = 64
 
 # low bits of mem_section.section_mem_map that are flags, not address
 # (SECTION_MARKED_PRESENT, SECTION_HAS_MEM_MAP, SECTION_IS_ONLINE, ...: the
@@ -49,29 +51,54 @@ def mem_map_ranges(mem: KernelMemory, max_mapnr: int) -> tuple[str, list[MapRang
                                     "(DISCONTIGMEM is not supported)")
 
 
+def section_size_bits(mem: KernelMemory) -> int | None:
+    """NUMBER(SECTION_SIZE_BITS) of a SPARSEMEM kernel (None for FLATMEM),
+    validated: a memory section holds at least a page (x86_64 kernels that
+    do not export it have 27)."""
+    if mem.info.symbol("mem_section") is None:
+        return None
+    bits = mem.info.bounded("NUMBER(SECTION_SIZE_BITS)", mem.page_shift, MAX_ADDRESS_BITS,
+                            mem.path, "a section is at least a page")
+    if bits is None and mem.source.header.e_machine == EM_X86_64:
+        return 27
+    return bits
+
+
+def max_physmem_bits(mem: KernelMemory) -> int | None:
+    """NUMBER(MAX_PHYSMEM_BITS) of a SPARSEMEM kernel, validated: at most
+    the 64 bits of an address (x86_64 kernels that do not export it: 52
+    with 5-level paging, else 46)."""
+    bits = mem.info.bounded("NUMBER(MAX_PHYSMEM_BITS)", mem.page_shift, MAX_ADDRESS_BITS,
+                            mem.path, "bits of a physical address")
+    if bits is None and mem.source.header.e_machine == EM_X86_64:
+        return 52 if mem.info.number("pgtable_l5_enabled") else 46
+    return bits
+
+
 def _sparsemem_ranges(mem: KernelMemory, max_mapnr: int) -> list[MapRange]:
     info, path = mem.info, mem.path
     symbol = info.symbol("mem_section") or 0
-    sec_size = info.size("mem_section")
+    ptr = mem.pointer_size
+    # struct mem_section is a few words; SPARSEMEM_EXTREME puts a page of them
+    # in each root (SECTIONS_PER_ROOT = PAGE_SIZE / sizeof(struct mem_section))
+    sec_size = info.bounded("SIZE(mem_section)", ptr, mem.page_size, path,
+                            "a pointer to a page")
     sec_off = info.offset("mem_section.section_mem_map")
-    section_bits = info.number("SECTION_SIZE_BITS")
-    physmem_bits = info.number("MAX_PHYSMEM_BITS")
-    if mem.source.header.e_machine == EM_X86_64:
-        # older x86_64 kernels exported neither (both are in VMCOREINFO since
-        # 4.x); x86_64's values, 5-level paging from pgtable_l5_enabled
-        section_bits = section_bits or 27
-        physmem_bits = physmem_bits or (52 if info.number("pgtable_l5_enabled") else 46)
+    section_bits = section_size_bits(mem)
+    physmem_bits = max_physmem_bits(mem)
     if sec_size is None or sec_off is None or section_bits is None or physmem_bits is None:
         raise KernelViewError(path, "VMCOREINFO lacks SIZE(mem_section), "
                                     "OFFSET(mem_section.section_mem_map), "
                                     "NUMBER(SECTION_SIZE_BITS) or NUMBER(MAX_PHYSMEM_BITS)")
-    ptr = mem.pointer_size
     if sec_off < 0 or sec_off + ptr > sec_size:
-        raise KernelViewError(path, "OFFSET(mem_section.section_mem_map) is outside "
-                                    "SIZE(mem_section)")
-    page_shift = mem.page_size.bit_length() - 1
+        raise KernelViewError(path, f"VMCOREINFO OFFSET(mem_section.section_mem_map)={sec_off} "
+                                    f"is outside SIZE(mem_section)={sec_size}")
+    if section_bits > physmem_bits:
+        raise KernelViewError(path, f"VMCOREINFO NUMBER(SECTION_SIZE_BITS)={section_bits} is "
+                                    f"more than NUMBER(MAX_PHYSMEM_BITS)={physmem_bits}: a "
+                                    "memory section larger than the physical address space")
     # PFN_SECTION_SHIFT and NR_MEM_SECTIONS
-    per_section = 1 << (section_bits - page_shift)
+    per_section = 1 << (section_bits - mem.page_shift)
     nr_sections = 1 << (physmem_bits - section_bits)
     # SPARSEMEM_EXTREME: mem_section is an array of pointers to root arrays
     # of SECTIONS_PER_ROOT sections (one page each); otherwise one flat array

@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 
 from slimdump.kernel.memory import KernelMemory, KernelViewError
+from slimdump.kernel.sparsemem import section_size_bits
 from slimdump.record import record
 
 #: page flags the rules read, by their kernel names (NUMBER(PG_*) is a bit index)
@@ -25,6 +26,19 @@ PAGE_TYPES = ("PAGE_BUDDY_MAPCOUNT_VALUE", "PAGE_OFFLINE_MAPCOUNT_VALUE",
 #: how many pages MAX_PAGE_ORDER allows when the kernel does not say
 #: (LENGTH(zone.free_area) = MAX_PAGE_ORDER + 1; 11 on x86_64 and arm64 4K)
 DEFAULT_FREE_AREA = 11
+#: The largest buddy block is at most a memory section: include/linux/mmzone.h
+#: refuses to build otherwise ("#error Allocator MAX_ORDER exceeds
+#: SECTION_SIZE", MAX_PAGE_ORDER + PAGE_SHIFT <= SECTION_SIZE_BITS).  Without
+#: SPARSEMEM, a block of at most 2^30 bytes: the largest any arch/*/Kconfig
+#: gives (ia64's MAX_ORDER 17 of 16 KiB pages; arm64 64K: 2^29)
+MAX_BLOCK_BITS_FLATMEM = 30
+#: struct page: 56 to 96 bytes on 64-bit kernels (include/linux/mm.h,
+#: __mm_zero_struct_page's BUILD_BUG_ONs), 32 or so on 32-bit ones; older
+#: kernels with debug options had larger ones, hence the room
+MIN_STRUCT_PAGE, MAX_STRUCT_PAGE = 16, 256
+#: (field, bytes the rules read of it) of struct page, as OFFSET(page.field)
+FIELDS = (("flags", 8), ("mapping", 8), ("_mapcount", 4), ("private", 8),
+          ("compound_head", 8))
 
 
 @record(frozen=True)
@@ -57,17 +71,31 @@ class StructPageLayout:
 
     @classmethod
     def from_info(cls, mem: KernelMemory) -> StructPageLayout:
-        info = mem.info
-        size = info.size("page")
-        flags = info.offset("page.flags")
+        info, path = mem.info, mem.path
+        size = info.bounded("SIZE(page)", MIN_STRUCT_PAGE, MAX_STRUCT_PAGE, path,
+                            "bytes of a struct page")
+        offsets = {name: info.bounded(f"OFFSET(page.{name})", 0, size - width, path,
+                                      f"a field of SIZE(page)={size}")
+                   if size is not None else None for name, width in FIELDS}
+        flags = offsets["flags"]
         if size is None or flags is None:
-            raise KernelViewError(mem.path, "VMCOREINFO has no SIZE(page) or "
-                                            "OFFSET(page.flags): struct page cannot be read")
+            raise KernelViewError(path, "VMCOREINFO has no SIZE(page) or "
+                                        "OFFSET(page.flags): struct page cannot be read")
         bits = 8 * mem.pointer_size
         page_flags = {name: v for name in PAGE_FLAGS
-                      if (v := info.number(name)) is not None and 0 <= v < bits}
+                      if (v := info.bounded(f"NUMBER({name})", 0, bits - 1, path,
+                                            "a bit of page.flags")) is not None}
         page_types = {name: v & 0xFFFFFFFF for name in PAGE_TYPES
                       if (v := info.number(name)) is not None}
+        # the classifier's look-back reaches the start of the largest buddy block
+        block_bits = section_size_bits(mem)
+        where = (f"a memory section, NUMBER(SECTION_SIZE_BITS)={block_bits}"
+                 if block_bits is not None else f"2^{MAX_BLOCK_BITS_FLATMEM} bytes")
+        most = (MAX_BLOCK_BITS_FLATMEM if block_bits is None else block_bits) - mem.page_shift
+        free_area = info.bounded("LENGTH(zone.free_area)", 1, most + 1, path,
+                                 f"MAX_PAGE_ORDER + 1, a buddy block being at most {where}")
+        if free_area is None:
+            free_area = min(DEFAULT_FREE_AREA, most + 1)
 
         def in_first_tail(head_relative: int | None) -> int | None:
             """A byte offset from the head struct page, as an offset inside
@@ -112,18 +140,17 @@ class StructPageLayout:
             hugetlb_source = None
 
         head_mask = info.number("PG_head_mask")
-        return cls(size=size, flags=flags, mapping=info.offset("page.mapping"),
-                   mapcount=info.offset("page._mapcount"),
-                   private=info.offset("page.private"),
+        return cls(size=size, flags=flags, mapping=offsets["mapping"],
+                   mapcount=offsets["_mapcount"], private=offsets["private"],
                    # Linux 7.1 renames it OFFSET(page.compound_info) (makedumpfile
                    # f50c015); not read yet: tails are then judged as pages
-                   compound_head=info.offset("page.compound_head"),
+                   compound_head=offsets["compound_head"],
                    order_source=order_source, order_offset=order_offset,
                    hugetlb_source=hugetlb_source, dtor_offset=dtor_offset,
                    hugetlb_page_dtor=dtor,
                    head_mask=head_mask & ((1 << 64) - 1) if head_mask else None,
                    page_flags=page_flags, page_types=page_types,
-                   free_area=info.length("zone.free_area") or DEFAULT_FREE_AREA,
+                   free_area=free_area,
                    endian=mem.endian, word_size=mem.pointer_size)
 
     @property

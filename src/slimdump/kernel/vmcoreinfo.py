@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from slimdump.elf import Note
+from slimdump.errors import DumpError
 from slimdump.record import field, record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
@@ -22,6 +23,24 @@ if TYPE_CHECKING:
     import datetime
 
 _KEY = re.compile(r"^(SYMBOL|SIZE|OFFSET|LENGTH|NUMBER)\((.+)\)$")
+
+#: Linux page sizes: 4 KiB (the smallest any architecture has) up to 256 KiB
+#: (hexagon's CONFIG_PAGE_SIZE_256KB, the largest in arch/*/Kconfig; arm64 has
+#: 4, 16 and 64 KiB); 1 MiB leaves room above the largest
+MIN_PAGE_SIZE, MAX_PAGE_SIZE = 1 << 12, 1 << 20
+
+
+class KernelViewError(DumpError):
+    """The crashed kernel cannot be seen as asked: missing VMCOREINFO keys,
+    a VMCOREINFO number no kernel has, an address no page table maps, an
+    architecture not supported."""
+
+
+def shown(raw: str) -> str:
+    """A VMCOREINFO value as an error message quotes it: stripped, and cut
+    short (a corrupt note can hold a value of any length)."""
+    raw = raw.strip()
+    return raw if len(raw) <= 24 else f"{raw[:20]}...({len(raw)} characters)"
 
 
 def parse_int(text: str) -> int:
@@ -72,6 +91,34 @@ class VmcoreInfo:
         except ValueError:
             return None
 
+    def bounded(self, key: str, low: int, high: int, path: str | None,
+                why: str = "") -> int | None:
+        """The number at ``key`` (None when absent), validated as it is
+        read: KernelViewError, one line naming the key and the value, when
+        it is not a number or lies outside [low, high] (``why`` says where
+        the bounds come from)."""
+        raw = self.entries.get(key)
+        if raw is None:
+            return None
+        try:
+            value = parse_int(raw)
+        except ValueError:
+            raise KernelViewError(path, f"VMCOREINFO {key}={shown(raw)} is not a "
+                                        "number") from None
+        if not low <= value <= high:
+            raise KernelViewError(path, f"VMCOREINFO {key}={shown(raw)} is out of range "
+                                        f"({low}..{high}{': ' + why if why else ''})")
+        return value
+
+    def valid_page_size(self, path: str | None) -> int | None:
+        """PAGESIZE (None when absent), validated: a power of two from
+        MIN_PAGE_SIZE to MAX_PAGE_SIZE, else KernelViewError."""
+        size = self.bounded("PAGESIZE", MIN_PAGE_SIZE, MAX_PAGE_SIZE, path,
+                            "a power of two, as every kernel's page size")
+        if size is not None and size & (size - 1):
+            raise KernelViewError(path, f"VMCOREINFO PAGESIZE={size} is not a power of two")
+        return size
+
     def symbol(self, name: str) -> int | None:
         return self._int(f"SYMBOL({name})", base16=True)
 
@@ -105,7 +152,10 @@ class VmcoreInfo:
 
     @property
     def crashtime(self) -> int | None:
-        return self._int("CRASHTIME")
+        """CRASHTIME: seconds since the epoch, a time_t (the kdump header
+        stores it as a signed 64-bit number); None when absent or not one."""
+        seconds = self._int("CRASHTIME")
+        return seconds if seconds is not None and 0 <= seconds < 1 << 63 else None
 
     @property
     def crash_datetime(self) -> datetime.datetime | None:

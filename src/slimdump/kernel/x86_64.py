@@ -58,7 +58,11 @@ class X86_64:
             raise KernelViewError(mem.path, "VMCOREINFO has no NUMBER(phys_base) and no "
                                             "kernel-image segment tells it")
         self.phys_base = phys_base
-        self.image_size = info.number("KERNEL_IMAGE_SIZE")
+        # the kernel image mapping runs from __START_KERNEL_map to the top of
+        # the address space (512 MiB, 1 GiB with KASLR: page_64_types.h)
+        self.image_size = info.bounded("NUMBER(KERNEL_IMAGE_SIZE)", 1,
+                                       MASK64 + 1 - START_KERNEL_MAP, mem.path,
+                                       "at most the kernel image mapping's 2 GiB")
         top = (info.symbol("init_top_pgt") or info.symbol("init_level4_pgt")
                or info.symbol("swapper_pg_dir"))
         if top is None:
