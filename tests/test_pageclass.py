@@ -341,7 +341,9 @@ def test_native_refuses_layouts_out_of_range() -> None:
                         ("NUMBER(PG_lru)", 64), ("NUMBER(PG_hwpoison)", -5),
                         ("order_offset", 64), ("LENGTH(zone.free_area)", 0),
                         ("LENGTH(zone.free_area)", 64), ("order_source", 7),
-                        ("hugetlb_source", 9), ("buddy_source", -2)):
+                        ("hugetlb_source", 9), ("buddy_source", -2),
+                        # checked as int64, not after narrowing to a C int
+                        ("order_source", (1 << 32) + 1), ("buddy_source", (1 << 32) + 2)):
         bad = dict(good, **{name: value})
         if name == "order_offset":
             bad["order_source"] = native.ORDER_BYTE
@@ -349,3 +351,41 @@ def test_native_refuses_layouts_out_of_range() -> None:
             walk(bad)
     with pytest.raises(ValueError):                      # buffer too short for the window
         walk(good, end=10)
+
+
+@needs_native
+def test_native_survives_any_layout() -> None:
+    """Whatever int64 each parameter holds, over random struct pages: the
+    walk answers or raises ValueError (a wild read would crash the test
+    process, or show under a sanitizer)."""
+    native = dump_level.NATIVE
+    assert native is not None
+    rng = random.Random(13)
+    values = [-(1 << 63), -(1 << 32), -2, -1, 0, 1, 2, 7, 8, 11, 16, 24, 40, 48, 56, 57, 60,
+              63, 64, 65, 127, 4096, 1 << 20, (1 << 20) + 1, 1 << 31, (1 << 32) + 1,
+              (1 << 63) - 1]
+    good = {"SIZE(page)": 64, "OFFSET(page.flags)": 0, "OFFSET(page.mapping)": 24,
+            "OFFSET(page._mapcount)": 48, "OFFSET(page.private)": 40,
+            "OFFSET(page.compound_head)": 8, "LENGTH(zone.free_area)": 11,
+            "order_source": native.ORDER_FLAGS1, "hugetlb_source": native.HUGETLB_PAGE_TYPE,
+            "buddy_source": native.BUDDY_PAGE_TYPE, "NUMBER(PG_head_mask)": 1 << 16}
+    npages, walked = 40, 0
+    for _ in range(3000):
+        # a sane layout with a few parameters set anyhow, or all of them
+        chosen = [good.get(name, -1) for name in native.PARAMS]
+        for i in rng.sample(range(len(chosen)), rng.choice([1, 1, 2, 3, len(chosen)])):
+            chosen[i] = rng.choice(values)
+        params = array("q", chosen)
+        buf = bytearray(rng.randbytes(rng.choice([64, 96, 256]) * (npages + 1)))
+        flags, cat = bytearray(rng.randbytes(npages + 1)), bytearray(npages)
+        ok = array("q", [0, npages + 1])
+        ranges = array("Q", [0, npages + 1, rng.choice([0, 1 << 40, (1 << 64) - 64])])
+        outside = array("q", [0] * (npages + 1))
+        for level in (1, 2, 31):
+            try:
+                native.walk(params, level, buf, 0, 0, npages, 0, npages, -(1 << 63), flags,
+                            cat, 0, ok, ranges, outside)
+            except ValueError:
+                break
+            walked += 1
+    assert walked > 1000                        # many layouts got as far as a walk
