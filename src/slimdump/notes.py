@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 
-from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, Note
+from slimdump.elf import EM_386, EM_AARCH64, EM_X86_64, Note, parse_notes
 from slimdump.record import record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
@@ -134,6 +134,59 @@ def metadata_note(metadata: dict[str, Any]) -> Note:
     """The SLIMDUMP metadata note: a JSON object, UTF-8, NUL-terminated."""
     text = json.dumps(metadata, indent=1, sort_keys=False)
     return Note.make(SLIMDUMP_NAME, NT_SLIMDUMP_META, text.encode("utf-8") + b"\0")
+
+
+def _first_metadata(area: bytes, endian: str) -> tuple[list[Note], Note | None]:
+    try:
+        notes = parse_notes(area, endian)
+    except ValueError:
+        notes = []          # not notes a reader could find anything in
+    return notes, next((n for n in notes if is_slimdump_note(n, NT_SLIMDUMP_META)), None)
+
+
+def find_metadata(area: bytes, endian: str) -> dict[str, Any] | None:
+    """The first SLIMDUMP metadata note of a note area, decoded (None if
+    there is none, or it is not JSON)."""
+    first = _first_metadata(area, endian)[1]
+    if first is None:
+        return None
+    try:
+        return decode_metadata(first)
+    except ValueError:
+        return None
+
+
+def with_metadata(area: bytes, endian: str, metadata: dict[str, Any] | None,
+                  additions: dict[str, Any]) -> bytes:
+    """The note area ``area`` with its SLIMDUMP metadata note rewritten to
+    hold ``additions``: readers take the first metadata note, so that one is
+    replaced in place, its keys kept, then ``metadata``'s (the dict a caller
+    framed into a later note of ``area``, which is dropped as merged), then
+    ``additions``.  Without any metadata note, one is added after the last
+    note (before any terminator or padding): ``{"format": 1, **metadata,
+    **additions}``.  Every other byte of ``area`` stays as it is."""
+    notes, first = _first_metadata(area, endian)
+    merged = find_metadata(area, endian) or {"format": 1}
+    merged.update(metadata or {})
+    merged.update(additions)
+    new = metadata_note(merged).frame(endian)
+    duplicate = metadata_note(metadata).desc if metadata is not None else None
+    out, at = bytearray(), 0
+    for note in notes:
+        end = note.offset + len(note.frame(endian))
+        if note is first:
+            out += area[at:note.offset] + new
+            at = end
+        elif (note.desc == duplicate and first is not None
+              and is_slimdump_note(note, NT_SLIMDUMP_META)):
+            out += area[at:note.offset]
+            at = end
+    tail = notes[-1].offset + len(notes[-1].frame(endian)) if notes else len(area)
+    if first is None:
+        out += area[at:tail] + new
+        at = tail
+    out += area[at:]
+    return bytes(out)
 
 
 def log_note(log: str) -> Note:

@@ -11,11 +11,20 @@ from functools import cached_property
 from itertools import pairwise
 
 from slimdump.elf import ElfHeader, Note
+from slimdump.errors import NotInDump, SourceReadError
 from slimdump.record import record
 
 #: a PT_LOAD with this p_paddr describes no physical memory (kexec-tools
 #: writes it for ranges without one; makedumpfile's NOT_PADDR)
 NOT_PADDR = (1 << 64) - 1
+
+
+class PageLost(SourceReadError, NotInDump):
+    """A page the dump says it holds but whose data is not there (a
+    kdump-compressed dump cut short: its descriptor is zero).  Memory the
+    dump does not hold, as :class:`NotInDump` says to readers of kernel
+    memory, and a page lost, as :class:`SourceReadError` says to writers:
+    never a page of zeros."""
 
 
 @record(frozen=True)

@@ -17,7 +17,7 @@ import itertools
 import struct
 from bisect import bisect_right
 
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, SourceReadError
 from slimdump.sources.base import DumpSource
 from slimdump.sources.elfcore import ElfCore
 from slimdump.sources.kdump import KdumpFile
@@ -126,13 +126,14 @@ class FlatStream:
         """``size`` bytes of the logical file at ``offset``; zeros where no
         record wrote; DumpError past the logical end unless ``allow_short``."""
         if offset < 0:
-            raise DumpError(self.path, f"{what} at offset {offset:#x} lies beyond any file")
+            raise SourceReadError(self.path, f"{what} at offset {offset:#x} lies beyond any "
+                                             "file")
         end = offset + size
         if end > self.size:
             if not allow_short:
-                raise DumpError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
-                                           f"{end:#x} but the flattened stream only holds "
-                                           f"data up to {self.size:#x}")
+                raise SourceReadError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
+                                                 f"{end:#x} but the flattened stream only "
+                                                 f"holds data up to {self.size:#x}")
             end = max(offset, self.size)
         out = bytearray(end - offset)
         index = max(0, bisect_right(self._starts, offset) - 1)

@@ -32,11 +32,7 @@ from operator import add
 from typing import Protocol
 
 from slimdump.bitmap import PfnBitmap
-from slimdump.codecs import (
-    CODECS,
-    DUMP_DH_COMPRESSED_INCOMPLETE,
-    decompress,
-)
+from slimdump.codecs import CODECS, DUMP_DH_COMPRESSED_INCOMPLETE
 from slimdump.elf import (
     ET_CORE,
     EV_CURRENT,
@@ -60,6 +56,7 @@ from slimdump.sources.kdump_headers import (
     detect_abi,
     machine_info,
 )
+from slimdump.sources.kdump_pages import Lost, read_described
 
 # More than this in a note area or eraseinfo is not something makedumpfile writes.
 MAX_METADATA = 256 << 20
@@ -357,10 +354,17 @@ class KdumpFile(DumpSource):
 
     def pages(self, pfn: int, count: int) -> list[bytes]:
         """``count`` consecutive dumped pages from ``pfn``; NotInDump at the
-        first page the file does not hold."""
-        pages: list[bytes] = []
-        if count <= 0:
-            return pages
+        first page the file does not hold, PageLost or SourceReadError at the
+        first it holds but cannot give."""
+        bs = self.block_size
+        buf = bytearray(max(count, 0) * bs)
+        lost = self.read_pages_lost(pfn, count, memoryview(buf))
+        if lost:
+            raise lost[0][1]
+        return [bytes(buf[i * bs:(i + 1) * bs]) for i in range(max(count, 0))]
+
+    def _require_dumped(self, pfn: int, count: int) -> None:
+        """NotInDump unless every page of [pfn, pfn + count) is dumped in this file."""
         lo, hi = self.pfn_range
         end = pfn + count
         # the first pfn not held: before the range, not dumped, or past the range
@@ -374,39 +378,21 @@ class KdumpFile(DumpSource):
                                            f"{self.split_range_text()}: give every part")
             raise NotInDump(self.path, f"physical address {at * self.block_size:#x} "
                                        f"(pfn {at:#x}) is not in the dump")
+
+    def read_pages_lost(self, pfn: int, count: int,
+                        buf: memoryview) -> Lost:
+        """The dumped pages [pfn, pfn + count) into ``buf`` (``count`` pages
+        long), page by page where a read fails; returns the pages that
+        cannot be given, ``[(pfn, PageLost or SourceReadError)]`` in pfn
+        order (their bytes in ``buf`` undefined).  NotInDump if a page is
+        not dumped at all; SourceReadError if the descriptors cannot be read."""
+        if count <= 0:
+            return []
+        self._require_dumped(pfn, count)
         pos = self._rank(pfn) - self._first_pos   # split files: slot 0 = their first page
         offsets, sizes, flags = zip(*self._desc_format.iter_unpack(
             self._descriptor_bytes(pos, count)), strict=True)
-        i = 0
-        while i < count:
-            # one read for a stretch of pages whose data lie back to back
-            j = i + 1
-            while (j < count and j - i < 1024 and offsets[j] == offsets[j - 1] + sizes[j - 1]
-                   and offsets[j] != 0):
-                j += 1
-            for k in range(i, j):
-                self._check_descriptor(pfn + k, offsets[k], sizes[k])
-            blob = self.raw.read_at(offsets[i], offsets[j - 1] + sizes[j - 1] - offsets[i],
-                                    what=f"page data of pfn {pfn + i:#x}")
-            at = 0
-            for k in range(i, j):
-                stored = blob[at:at + sizes[k]]
-                at += sizes[k]
-                try:
-                    pages.append(decompress(flags[k], stored, self.block_size))
-                except DumpError as exc:
-                    raise DumpError(self.path, f"page at {(pfn + k) * self.block_size:#x} "
-                                               f"(pfn {pfn + k:#x}): {exc.problem}") from None
-            i = j
-        return pages
-
-    def _check_descriptor(self, pfn: int, offset: int, size: int) -> None:
-        if offset == 0:
-            raise NotInDump(self.path, f"physical address {pfn * self.block_size:#x} (pfn "
-                                       f"{pfn:#x}) was lost: the dump is incomplete")
-        if offset < 0 or not 0 < size <= self.block_size:
-            raise DumpError(self.path, f"page descriptor of pfn {pfn:#x} claims {size} bytes "
-                                       f"at offset {offset:#x}")
+        return read_described(self.raw, pfn, offsets, sizes, flags, buf, self.block_size)
 
     def _page(self, pfn: int) -> bytes:
         page = self._cache.get(pfn)
@@ -419,8 +405,11 @@ class KdumpFile(DumpSource):
 
     def read_phys(self, paddr: int, size: int) -> bytes:
         """Physical memory; NotInDump for pages the dump does not hold (not in
-        the 2nd bitmap, or lost in an incomplete dump).  Zero pages written
-        as the shared zero page read as zeros like any other page."""
+        the 2nd bitmap), PageLost (a NotInDump) for pages lost in an
+        incomplete dump, SourceReadError for pages whose data cannot be read
+        (an I/O error, a file cut short, data that do not decompress).  Zero
+        pages written as the shared zero page read as zeros like any other
+        page."""
         if paddr < 0 or size < 0:
             raise NotInDump(self.path, f"physical address {paddr:#x} is not in the dump")
         bs = self.block_size
@@ -430,11 +419,17 @@ class KdumpFile(DumpSource):
             off = paddr % bs
             return self._page(paddr // bs)[off:off + size]
         first, last = paddr // bs, (paddr + size - 1) // bs
-        out = bytearray()
+        out = bytearray((last + 1 - first) * bs)
+        view = memoryview(out)
         for start in range(first, last + 1, 1024):
-            out += b"".join(self.pages(start, min(1024, last + 1 - start)))
+            count = min(1024, last + 1 - start)
+            at = (start - first) * bs
+            lost = self.read_pages_lost(start, count, view[at:at + count * bs])
+            if lost:
+                raise lost[0][1]
         off = paddr - first * bs
         return bytes(out[off:off + size])
 
     def close(self) -> None:
         self.raw.close()
+

@@ -3,7 +3,10 @@
 Every byte slimdump takes from a dump goes through :meth:`RawFile.read_at`
 (or :meth:`RawFile.read_into`, the same into a caller's buffer), so a
 command can say (and a test can assert) exactly how much it read.
-Short reads and I/O errors become :class:`DumpError` naming the file.
+Short reads (a file shorter than its headers say) and I/O errors become
+:class:`~slimdump.errors.SourceReadError` naming the file and the offset: a
+one-line DumpError where the headers are read, a lost page where page data
+are (the writers tell the two apart).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import stat
 import threading
 
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, SourceReadError
 
 
 class RawFile:
@@ -50,18 +53,19 @@ class RawFile:
 
     def read_at(self, offset: int, size: int, *, what: str = "data",
                 allow_short: bool = False) -> bytes:
-        """Read ``size`` bytes at ``offset``; DumpError if the file ends first
-        (unless ``allow_short``) or the read fails."""
+        """Read ``size`` bytes at ``offset``; SourceReadError if the file ends
+        first (unless ``allow_short``) or the read fails."""
         if offset < 0 or offset + size > 1 << 63:
-            raise DumpError(self.path, f"{what} at offset {offset:#x} lies beyond any file")
+            raise SourceReadError(self.path, f"{what} at offset {offset:#x} lies beyond any "
+                                             "file")
         chunks = []
         done = 0
         while done < size:
             try:
-                chunk = os.pread(self.fd, size - done, offset + done)
+                chunk = self._pread(size - done, offset + done)
             except OSError as exc:
-                raise DumpError(self.path, f"read error at offset {offset + done:#x} "
-                                           f"({what}): {exc.strerror or exc}") from None
+                raise SourceReadError(self.path, f"read error at offset {offset + done:#x} "
+                                                 f"({what}): {exc.strerror or exc}") from None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -69,35 +73,45 @@ class RawFile:
         self._count(done)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if done < size and not allow_short:
-            raise DumpError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
-                                       f"{offset + size:#x} but the file ends at "
-                                       f"{offset + done:#x}")
+            raise SourceReadError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
+                                             f"{offset + size:#x} but the file ends at "
+                                             f"{offset + done:#x}")
         return data
 
     def read_into(self, offset: int, buf: memoryview, *, what: str = "data") -> None:
         """Fill ``buf`` (a writable byte view) from ``offset``, with pread
         into the buffer itself (no intermediate bytes object: the struct page
         walk reads tens of MiB this way); counted and checked like
-        :meth:`read_at`: DumpError if the file ends first (the bytes before
-        the end are then in ``buf``) or the read fails."""
+        :meth:`read_at`: SourceReadError if the file ends first (the bytes
+        before the end are then in ``buf``) or the read fails."""
         size = len(buf)
         if offset < 0 or offset + size > 1 << 63:
-            raise DumpError(self.path, f"{what} at offset {offset:#x} lies beyond any file")
+            raise SourceReadError(self.path, f"{what} at offset {offset:#x} lies beyond any "
+                                             "file")
         done = 0
         while done < size:
             try:
-                got = os.preadv(self.fd, [buf[done:]], offset + done)
+                got = self._preadv(buf[done:], offset + done)
             except OSError as exc:
-                raise DumpError(self.path, f"read error at offset {offset + done:#x} "
-                                           f"({what}): {exc.strerror or exc}") from None
+                raise SourceReadError(self.path, f"read error at offset {offset + done:#x} "
+                                                 f"({what}): {exc.strerror or exc}") from None
             if not got:
                 break
             done += got
         self._count(done)
         if done < size:
-            raise DumpError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
-                                       f"{offset + size:#x} but the file ends at "
-                                       f"{offset + done:#x}")
+            raise SourceReadError(self.path, f"truncated: {what} needs bytes {offset:#x}-"
+                                             f"{offset + size:#x} but the file ends at "
+                                             f"{offset + done:#x}")
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        """One pread() (the one place bytes come from: tests put failing
+        sectors here)."""
+        return os.pread(self.fd, size, offset)
+
+    def _preadv(self, buf: memoryview, offset: int) -> int:
+        """One preadv() into ``buf``."""
+        return os.preadv(self.fd, [buf], offset)
 
     def _count(self, nbytes: int) -> None:
         """One read of ``nbytes`` more, counted."""

@@ -14,7 +14,7 @@ import errno
 import os
 from collections.abc import Callable, Iterator
 
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, OutputError, SourceReadError
 
 CHUNK = 8 << 20          # bytes per system call, and per progress update
 ZERO_BLOCK = 1 << 20     # granularity of zero skipping on the read/write path
@@ -86,7 +86,8 @@ class RangeCopier:
             n = min(length, CHUNK)
             done = self._one(src_off, dst_off, n)
             if done == 0:
-                raise DumpError(self.src_name, f"truncated: no data at offset {src_off:#x}")
+                raise SourceReadError(self.src_name, f"truncated: no data at offset "
+                                                     f"{src_off:#x}")
             src_off += done
             dst_off += done
             length -= done
@@ -100,7 +101,7 @@ class RangeCopier:
                 return os.copy_file_range(self.src_fd, self.dst_fd, n, src_off, dst_off)
             except OSError as exc:
                 if exc.errno not in _FALLBACK_ERRNOS:
-                    raise self._error(exc) from None
+                    raise self._error(exc, src_off) from None
                 self.method = "sendfile"
         if self.method == "sendfile":
             try:
@@ -108,7 +109,7 @@ class RangeCopier:
                 return os.sendfile(self.dst_fd, self.src_fd, src_off, n)
             except OSError as exc:
                 if exc.errno not in _FALLBACK_ERRNOS:
-                    raise self._error(exc) from None
+                    raise self._error(exc, src_off) from None
                 self.method = "read/write"
         return self._read_write(src_off, dst_off, n)
 
@@ -116,8 +117,8 @@ class RangeCopier:
         try:
             data = os.pread(self.src_fd, n, src_off)
         except OSError as exc:
-            raise DumpError(self.src_name, f"read error at offset {src_off:#x}: "
-                                           f"{exc.strerror or exc}") from None
+            raise SourceReadError(self.src_name, f"read error at offset {src_off:#x}: "
+                                                 f"{exc.strerror or exc}") from None
         view = memoryview(data)
         for at in range(0, len(data), ZERO_BLOCK):
             block = view[at:at + ZERO_BLOCK]
@@ -131,9 +132,14 @@ class RangeCopier:
                 written = os.pwrite(self.dst_fd, block, offset)
                 block, offset = block[written:], offset + written
         except OSError as exc:
-            raise DumpError(self.dst_name, f"write failed: {exc.strerror or exc}") from None
+            raise OutputError(self.dst_name, f"write failed: {exc.strerror or exc}",
+                              exc.errno) from None
 
-    def _error(self, exc: OSError) -> DumpError:
+    def _error(self, exc: OSError, src_off: int) -> DumpError:
+        """The error of a copy in the kernel: the destination's when it is
+        full, else the source's (an I/O error reading it), naming the
+        offset of the range that failed."""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return DumpError(self.dst_name, f"write failed: {exc.strerror}")
-        return DumpError(self.src_name, f"copy failed: {exc.strerror or exc}")
+            return OutputError(self.dst_name, f"write failed: {exc.strerror}", exc.errno)
+        return SourceReadError(self.src_name, f"copy failed at offset {src_off:#x}: "
+                                              f"{exc.strerror or exc}")

@@ -22,7 +22,7 @@ import os
 import struct
 
 from slimdump.elf import PN_XNUM, ElfFormatError, ElfHeader, ProgramHeader
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, OutputError
 from slimdump.sources.kdump_headers import (
     DISKDUMP_SIGNATURE,
     KDUMP_SIGNATURE,
@@ -64,7 +64,7 @@ def _write_all(stream: BinaryIO | int, data: bytes | memoryview, name: str) -> N
         else:
             stream.write(data)
     except OSError as exc:
-        raise DumpError(name, f"write failed: {exc.strerror or exc}") from None
+        raise OutputError(name, f"write failed: {exc.strerror or exc}", exc.errno) from None
 
 
 class FlatWriter:
@@ -113,7 +113,8 @@ class FlatWriter:
             try:
                 self.stream.flush()
             except OSError as exc:
-                raise DumpError(self.name, f"write failed: {exc.strerror or exc}") from None
+                raise OutputError(self.name, f"write failed: {exc.strerror or exc}",
+                                  exc.errno) from None
 
     def finish(self) -> None:
         """The end marker (-1, -1); flushes a file object."""

@@ -17,6 +17,12 @@ Worker threads, one per CPU, read, zero-test and compress the tasks
 zlib and LZO); results are written in pfn order, so the file does not
 depend on worker timing.
 
+A page the source cannot give is left out, never written as zeros
+(:mod:`slimdump.writers.lost`): excluded in the file's 2nd bitmap, without
+a descriptor (the table keeps its size; its last slots stay zero), counted
+in :class:`KdumpResult`; :meth:`KdumpWriter.append_notes` then puts a new
+note area (listing them) after the page data.
+
 Output goes to anything with ``write(data, offset)``:
 :class:`~slimdump.writers.atomic.AtomicOutput`,
 :class:`~slimdump.writers.atomic.FdOutput` or
@@ -26,10 +32,8 @@ Output goes to anything with ``write(data, offset)``:
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from functools import cached_property
@@ -52,7 +56,8 @@ from slimdump.sources.kdump_headers import (
 from slimdump.threadpool import ThreadPool, usable_cpus
 from slimdump.writers.atomic import as_output
 from slimdump.writers.inputs import as_pfn_bitmap
-from slimdump.writers.pagepack import PackedPages, build_descriptors, pack_pages
+from slimdump.writers.lost import LostPages, gather_pages, zero_fill
+from slimdump.writers.pagepack import PackedPages, build_descriptors, interleave, pack_pages
 
 CYCLE_PAGES = 4096           # pfns per cycle (ELF writer: pages read at once)
 SCAN_PFNS = 1 << 16          # pfns of the 2nd bitmap looked at at once for runs
@@ -63,10 +68,9 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
     from typing import Any
 
+    from slimdump.sources.kdump_pages import Lost
     from slimdump.writers.atomic import PositionedOutput
     from slimdump.writers.inputs import BitmapLike, ReadPages
-
-_ZERO_RUNS = re.compile(rb"\x01+")
 
 
 @record(frozen=True)
@@ -106,6 +110,9 @@ class KdumpResult:
     seconds: float = 0.0
     workers: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    lost_pages: int = 0          # pages the source could not give, left out
+    lost_ranges: list[list[int]] = field(default_factory=list)   # [[first, last], ...]
+    lost_error: str = ""         # the first of their errors
 
 
 @record
@@ -114,7 +121,7 @@ class _Task:
     compressed by a worker thread (or in this thread), written in order."""
 
     count: int
-    packed: Any            # PackedPages, or a job/future that returns them
+    packed: Any            # (PackedPages, Lost), or a job/future that returns them
 
 
 class KdumpWriter:
@@ -131,14 +138,22 @@ class KdumpWriter:
     set (:mod:`slimdump.writers.split`): the same headers, bitmaps and
     descriptor table size, the sub header's split fields set, and only the
     pages of ``[start, end)``, their descriptors from the table's first slot.
+    ``lose_pages``: leave out a page the source cannot give (False: raise
+    its SourceReadError; a --split part's bitmaps must be the same in every
+    part).
+
+    After :meth:`write`, or after it failed while writing page data
+    (``writing_pages``), ``pages_written`` and ``data_end`` say how far the
+    file is complete.
     """
 
     def __init__(self, out: PositionedOutput | int, meta: KdumpMeta,
                  bitmap1: BitmapLike | PfnBitmap, bitmap2: BitmapLike | PfnBitmap, *,
                  codec: str | Codec = "zlib", workers: int | None = None,
                  cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None,
-                 pfn_range: tuple[int, int] | None = None) -> None:
+                 pfn_range: tuple[int, int] | None = None, lose_pages: bool = True) -> None:
         self.out = as_output(out)
+        self.lose_pages = lose_pages
         if pfn_range is not None and not 0 <= pfn_range[0] <= pfn_range[1] <= meta.max_mapnr:
             raise ValueError(f"split range {pfn_range} is not within 0-{meta.max_mapnr}")
         self.pfn_range = pfn_range
@@ -170,6 +185,14 @@ class KdumpWriter:
         self.share_zero = bool(meta.dump_level & DL_EXCLUDE_ZERO)
         self.status = self.codec.flag
         self._local = threading.local()         # each worker's read buffer
+        self._note_at = self.note_offset        # where the sub header says the notes are
+        self._vmcoreinfo = self._vmcoreinfo_location()
+        self.lost = LostPages(self.out, self.bitmap2,
+                              self.bitmap_offset + self.bitmap_blocks // 2 * ps)
+        self.result = KdumpResult(workers=1)
+        self.pages_written = 0                  # descriptors written, in slot order
+        self.data_end = self.data_offset        # end of the page data written
+        self.writing_pages = False              # headers and bitmaps written
 
     # -- headers ---------------------------------------------------------------
 
@@ -209,14 +232,14 @@ class KdumpWriter:
     def sub_header_bytes(self) -> bytes:
         """The kdump_sub_header (version 6 fields; no eraseinfo)."""
         meta = self.meta
-        vmcoreinfo_at, vmcoreinfo_size = self._vmcoreinfo_location()
+        vmcoreinfo_at, vmcoreinfo_size = self._vmcoreinfo
         first, end = self.pfn_range or (0, 0)
         return KdumpSubHeader(
             phys_base=meta.phys_base & ((1 << 64) - 1), dump_level=meta.dump_level,
             split=int(self.pfn_range is not None), start_pfn=first, end_pfn=end,
             start_pfn_64=first, end_pfn_64=end,
             offset_vmcoreinfo=vmcoreinfo_at, size_vmcoreinfo=vmcoreinfo_size,
-            offset_note=self.note_offset if self.notes else 0, size_note=len(self.notes),
+            offset_note=self._note_at if self.notes else 0, size_note=len(self.notes),
             max_mapnr_64=meta.max_mapnr).pack(self.abi)
 
     def mark_incomplete(self) -> None:
@@ -225,6 +248,16 @@ class KdumpWriter:
         ENOSPC): the pages whose descriptors were not written read as lost."""
         self.status |= DUMP_DH_COMPRESSED_INCOMPLETE
         self.out.write(self.header_bytes(), 0)
+
+    def append_notes(self, notes: bytes, at: int) -> int:
+        """Write the note area ``notes`` at file offset ``at`` (after the page
+        data) and point the sub header's offset_note/size_note at it; the
+        first copy, after the sub header, stays as it is (offset_vmcoreinfo
+        still points into it).  Returns the end of the new copy."""
+        self.out.write(notes, at)
+        self.notes, self._note_at = notes, at
+        self.out.write(self.sub_header_bytes(), self.meta.page_size)
+        return at + len(notes)
 
     def _write_metadata(self) -> None:
         ps = self.meta.page_size
@@ -258,14 +291,16 @@ class KdumpWriter:
         has no bytes, e.g. the partial page at a segment's edge); it is called
         from the worker threads when it says it may be (``thread_safe``)."""
         started = time.monotonic()
-        result = KdumpResult(workers=1)
+        result = self.result
         self._write_metadata()
+        self.writing_pages = True
         ps = self.meta.page_size
         data_at = self.data_offset
         if self.share_zero:
             self.out.write(bytes(ps), data_at)
             data_at += ps
             result.data_bytes += ps
+        self.data_end = data_at
         executor, own = self._executor()
         if executor is not None:
             result.workers = self.workers
@@ -278,11 +313,11 @@ class KdumpWriter:
                 while len(pending) > in_flight:
                     pos, data_at = self._finish(pending.popleft(), pos, data_at, result)
                     if progress:
-                        progress(pos)
+                        progress(pos + result.lost_pages)
             while pending:
                 pos, data_at = self._finish(pending.popleft(), pos, data_at, result)
                 if progress:
-                    progress(pos)
+                    progress(pos + result.lost_pages)
         finally:
             if own and executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
@@ -328,41 +363,35 @@ class KdumpWriter:
             return _Task(count, self._pack(read_pages, runs))
         if parallel_reads:
             return _Task(count, executor.submit(self._pack, read_pages, runs))
-        data = self._read(read_pages, runs)
-        return _Task(count, executor.submit(pack_pages, self.codec, data, self.meta.page_size))
+        # reads from this thread into a buffer of the task's own; packed by a worker
+        data, lost = gather_pages(read_pages, runs, memoryview(bytearray(
+            count * self.meta.page_size)), self.meta.page_size)
+        return _Task(count, executor.submit(self._pack_data, data, lost))
 
-    def _read(self, read_pages: ReadPages, runs: list[tuple[int, int]]) -> bytes:
-        ps = self.meta.page_size
-        chunks = []
-        for pfn, count in runs:
-            data = read_pages(pfn, count)
-            if len(data) != count * ps:
-                raise DumpError(None, f"reading pfns {pfn:#x}-{pfn + count - 1:#x} "
-                                      f"gave {len(data)} bytes, not {count * ps}")
-            chunks.append(data)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _pack_data(self, data: memoryview, lost: Lost) -> tuple[PackedPages, Lost]:
+        return pack_pages(self.codec, data, self.meta.page_size), lost
 
-    def _pack(self, read_pages: ReadPages, runs: list[tuple[int, int]]) -> PackedPages:
-        into = getattr(read_pages, "read_into", None)
-        if into is None:
-            return pack_pages(self.codec, self._read(read_pages, runs), self.meta.page_size)
+    def _pack(self, read_pages: ReadPages,
+              runs: list[tuple[int, int]]) -> tuple[PackedPages, Lost]:
         # read into this thread's own buffer, reused task after task: a fresh
         # megabyte per task costs more in page faults than the read itself
-        ps = self.meta.page_size
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = memoryview(bytearray(TASK_PAGES * ps))
-        at = 0
-        for pfn, count in runs:
-            into(pfn, count, buf[at:at + count * ps])
-            at += count * ps
-        return pack_pages(self.codec, buf[:at], ps)
+            buf = self._local.buf = memoryview(bytearray(TASK_PAGES * self.meta.page_size))
+        data, lost = gather_pages(read_pages, runs, buf, self.meta.page_size)
+        return pack_pages(self.codec, data, self.meta.page_size), lost
 
     def _finish(self, task: _Task, pos: int, data_at: int,
                 result: KdumpResult) -> tuple[int, int]:
         """Write one task's data and descriptors; return the new position in
         the descriptor table and the new data offset."""
-        packed = task.packed if isinstance(task.packed, tuple) else task.packed.result()
+        packed, lost = task.packed if isinstance(task.packed, tuple) else task.packed.result()
+        if lost:
+            if not self.lose_pages:
+                raise lost[0][1]
+            self.lost.lose(lost)
+            result.lost_pages, result.lost_ranges = self.lost.count, self.lost.ranges
+            result.lost_error = self.lost.error
         zero, nz_flags, nz_sizes, nz_blob = packed
         nzero = zero.count(1)
         zero_flag, zero_stored = (0, b"") if self.share_zero else self._zero
@@ -373,44 +402,29 @@ class KdumpWriter:
             blob = nz_blob
             result.zero_pages += nzero
         else:
-            blob = self._interleave(zero, nz_sizes, nz_blob) if nzero else nz_blob
+            blob = interleave(zero, nz_sizes, nz_blob, self._zero[1]) if nzero else nz_blob
         assert len(blob) == stored
         # data before descriptors: if the data cannot be written (ENOSPC), the
         # task's descriptors stay zero, which readers take as "page lost"
         if blob:
             self.out.write(blob, data_at)
-        self.out.write(descs, self.desc_offset + PAGE_DESC_SIZE * pos)
+        desc_at = self.desc_offset + PAGE_DESC_SIZE * pos
+        try:
+            self.out.write(descs, desc_at)
+        except DumpError:
+            zero_fill(self.out, desc_at, len(descs))
+            raise
         result.compressed_pages += ncompressed
         result.raw_pages += len(zero) - (nzero if self.share_zero else 0) - ncompressed
         result.data_bytes += len(blob)
-        return pos + task.count, data_at + len(blob)
-
-    @property
-    def _zero_stored(self) -> bytes:
-        """How an all-zero page is stored when it is not shared."""
-        return self._zero[1]
+        pos, data_at = pos + len(zero), data_at + len(blob)
+        self.pages_written, self.data_end = pos, data_at
+        return pos, data_at
 
     @cached_property
     def _zero(self) -> tuple[int, bytes]:
+        """How an all-zero page is stored when it is not shared: (flag, bytes)."""
         return compress_page(self.codec, bytes(self.meta.page_size))
-
-    def _interleave(self, zero: bytes, nz_sizes: bytes, nz_blob: bytes) -> bytes:
-        """The task's stored bytes in pfn order: runs of other pages' data
-        from ``nz_blob`` with the stored zero page for each zero page."""
-        sizes = array("I", nz_sizes)
-        parts: list[bytes] = []
-        done = at = 0               # pages looked at; bytes of nz_blob consumed
-        used = 0                    # non-zero pages consumed
-        for match in _ZERO_RUNS.finditer(zero):
-            lo, hi = match.span()
-            if lo > done:           # non-zero pages done .. lo - 1
-                n = sum(sizes[used:used + lo - done])
-                parts.append(nz_blob[at:at + n])
-                at, used = at + n, used + lo - done
-            parts.append(self._zero_stored * (hi - lo))
-            done = hi
-        parts.append(nz_blob[at:])
-        return b"".join(parts)
 
 
 def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLike,

@@ -12,6 +12,7 @@ same bytes (tests hold the two together).
 
 from __future__ import annotations
 
+import re
 import struct
 from array import array
 from collections.abc import Callable
@@ -178,3 +179,27 @@ def build_descriptors(zero: bytes, flags: bytes, sizes: bytes, data_at: int,
     build = NATIVE_DESCRIPTORS or descriptors_python
     return build(zero, flags, sizes, data_at, zero_offset, page_size, zero_flag, zero_size,
                  big_endian, share_zero)
+
+
+_ZERO_RUNS = re.compile(rb"\x01+")
+
+
+def interleave(zero: bytes, nz_sizes: bytes, nz_blob: bytes, zero_stored: bytes) -> bytes:
+    """A task's stored bytes in pfn order when zero pages are not shared:
+    runs of the other pages' data from ``nz_blob`` (their stored sizes in
+    ``nz_sizes``) with ``zero_stored`` for each zero page (``zero``: a byte
+    per page, 1 = all zero)."""
+    sizes = array("I", nz_sizes)
+    parts: list[bytes] = []
+    done = at = 0               # pages looked at; bytes of nz_blob consumed
+    used = 0                    # non-zero pages consumed
+    for match in _ZERO_RUNS.finditer(zero):
+        lo, hi = match.span()
+        if lo > done:           # non-zero pages done .. lo - 1
+            n = sum(sizes[used:used + lo - done])
+            parts.append(nz_blob[at:at + n])
+            at, used = at + n, used + lo - done
+        parts.append(zero_stored * (hi - lo))
+        done = hi
+    parts.append(nz_blob[at:])
+    return b"".join(parts)

@@ -120,8 +120,11 @@ def write_split(dsts: Sequence[str], meta: KdumpMeta, bitmap1: PfnBitmap, bitmap
                 if progress:
                     progress(base + pages)
 
+            # a page lost would have to leave every part's bitmaps, and their
+            # descriptor tables would no longer give the joined file's: the
+            # read error ends the set (no part is kept)
             writer = KdumpWriter(out, meta, bitmap1, bitmap2, codec=codec, workers=workers,
-                                 pfn_range=pfn_range)
+                                 pfn_range=pfn_range, lose_pages=False)
             result = writer.write(read_pages, step)
             out.set_size(result.size)
             done += result.pages
