@@ -368,6 +368,18 @@ def test_plain_log_with_a_huge_timestamp(copies: dict[str, Copy],
         assert "and one without a level" in again.stdout
 
 
+def test_page_size_of_another_architecture() -> None:
+    """x86_64 pages are 4 KiB: a VMCOREINFO saying 16 or 64 KiB (powers of
+    two, pages of arm64) is refused before struct pages are indexed by it."""
+    with open_dump(real_vmcore("6.1-sysrq")) as src:
+        text = src.notes and VmcoreInfo.from_notes(src.notes)
+        assert text
+        for size in (16384, 65536):
+            info = VmcoreInfo.parse(text.text.replace("PAGESIZE=4096", f"PAGESIZE={size}"))
+            with pytest.raises(KernelViewError, match=f"PAGESIZE={size} is not a page size"):
+                KernelMemory(src, info)
+
+
 # -- arm64: VA_BITS ----------------------------------------------------------------------
 
 

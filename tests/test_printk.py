@@ -714,3 +714,21 @@ def test_plain_tools_agree(tmp_path: Path) -> None:
     path = write(tmp_path, plain_core(wrapped_plain(), 3 * 128 + 40, 50), "wrapped")
     assert makedumpfile_dmesg(path) == WRAPPED_TEXT
     assert vmcore_dmesg(path) == WRAPPED_TEXT
+
+
+def test_plain_timestamps_that_are_no_u64() -> None:
+    """The kernel prints a u64 of nanoseconds as ``[%5lu.%06lu]``: 11 digits
+    of seconds at most.  A longer number (5,000 digits: past int()'s digit
+    limit) or one past 2**64 ns is no timestamp: the line keeps it as text,
+    with timestamp 0; in a slimdump's log note too."""
+    from slimdump.kernel.log import records_from_text
+
+    huge = "9" * 5000
+    raw = (f"<4>[{huge}.000000] hostile\n[99999999999.000000] past 2**64 ns\n"
+           f"<6>[18446744073.709551] the last u64\n").encode()
+    assert KernelLog("plain", [], raw=raw).lines() == [
+        (0, f"[{huge}.000000] hostile"), (0, "[99999999999.000000] past 2**64 ns"),
+        (18446744073_709551_000, "the last u64")]
+    text = f"[{huge}.000000] hostile\n[99999999999.000000] past\n[    1.000000] fine\n"
+    assert records_from_text(text) == [(0, f"[{huge}.000000] hostile"),
+                                       (0, "[99999999999.000000] past"), (1_000_000_000, "fine")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from slimdump.kernel.vmcoreinfo import VmcoreInfo
+import pytest
+
+from slimdump.kernel.vmcoreinfo import KernelViewError, VmcoreInfo
 
 TEXT = (
     "OSRELEASE=6.1.0-56-amd64\n"
@@ -58,3 +60,26 @@ def test_absurd_crashtime() -> None:
     assert info.crash_datetime is None
     assert info.crashtime is None                       # no time_t: the header gets none
     assert VmcoreInfo.parse("CRASHTIME=-5\n").crashtime is None
+
+
+def test_bounded_numbers() -> None:
+    """VmcoreInfo.bounded: None when absent, the number when in range, one
+    short line naming key and value otherwise (a 5,000-digit value too)."""
+    info = VmcoreInfo.parse("SIZE(page)=64\nSIZE(x)=xyz\nSIZE(y)=-1\nSIZE(z)=" + "9" * 5000)
+    assert info.bounded("SIZE(page)", 16, 256, "f") == 64
+    assert info.bounded("SIZE(none)", 16, 256, "f") is None
+    for key, shown in (("SIZE(x)", "SIZE(x)=xyz is not a number"),
+                       ("SIZE(y)", "SIZE(y)=-1 is out of range (16..256"),
+                       ("SIZE(z)", "SIZE(z)=99999999999999999999...(5000 characters)")):
+        with pytest.raises(KernelViewError) as exc:
+            info.bounded(key, 16, 256, "f")
+        assert str(exc.value).startswith("f: VMCOREINFO ") and shown in str(exc.value)
+        assert len(str(exc.value)) < 120
+    for size, ok in (("4096", True), ("65536", True), ("3", False), ("6000", False),
+                     ("-4096", False), ("2048", False), ("2097152", False)):
+        page = VmcoreInfo.parse(f"PAGESIZE={size}\n")
+        if ok:
+            assert page.valid_page_size("f") == int(size)
+        else:
+            with pytest.raises(KernelViewError, match=f"PAGESIZE={size}"):
+                page.valid_page_size("f")

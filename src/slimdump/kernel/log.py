@@ -6,7 +6,13 @@ import re
 
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory
-from slimdump.kernel.printk import KernelLog, read_log, render_makedumpfile, render_vmcore_dmesg
+from slimdump.kernel.printk import (
+    MAX_TS_NSEC,
+    KernelLog,
+    read_log,
+    render_makedumpfile,
+    render_vmcore_dmesg,
+)
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.record import record
 from slimdump.sources.base import DumpSource
@@ -50,7 +56,8 @@ def extract_dmesg(source: DumpSource, fmt: str = "makedumpfile") -> bytes:
 
 
 # makedumpfile's ``[%5llu.%06llu] `` of a u64 of nanoseconds: at most 11
-# digits of seconds; a line with a longer number is text (no timestamp)
+# digits of seconds; a line with a longer number, or past MAX_TS_NSEC, is
+# text (no timestamp)
 _PREFIX = re.compile(r"^\[\s*(\d{1,11})\.(\d{6})\] ")
 
 
@@ -61,8 +68,8 @@ def records_from_text(text: str) -> list[tuple[int, str]]:
     records: list[tuple[int, str]] = []
     for line in text.splitlines():
         m = _PREFIX.match(line)
-        if m:
-            ts = int(m.group(1)) * 1_000_000_000 + int(m.group(2)) * 1000
+        ts = int(m.group(1)) * 1_000_000_000 + int(m.group(2)) * 1000 if m else -1
+        if m and ts <= MAX_TS_NSEC:
             records.append((ts, line[m.end():]))
         elif records and line.startswith(" "):
             ts, body = records[-1]

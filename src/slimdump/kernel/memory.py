@@ -36,7 +36,7 @@ class KernelMemory:
         self.info = info
         self.endian = source.header.endian
         # every read is cut at page boundaries: PAGESIZE validated first
-        self.page_size = info.valid_page_size(source.path) or 4096
+        self.page_size = info.valid_page_size(source.path, source.header.e_machine) or 4096
         self.page_shift = self.page_size.bit_length() - 1
         machine = source.header.e_machine
         if machine == EM_X86_64:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from slimdump.elf import Note
+from slimdump.elf import EM_AARCH64, EM_X86_64, Note
 from slimdump.errors import DumpError
 from slimdump.record import field, record
 
@@ -28,6 +28,9 @@ _KEY = re.compile(r"^(SYMBOL|SIZE|OFFSET|LENGTH|NUMBER)\((.+)\)$")
 #: (hexagon's CONFIG_PAGE_SIZE_256KB, the largest in arch/*/Kconfig; arm64 has
 #: 4, 16 and 64 KiB); 1 MiB leaves room above the largest
 MIN_PAGE_SIZE, MAX_PAGE_SIZE = 1 << 12, 1 << 20
+#: the page sizes of the architectures whose memory slimdump reads: x86_64
+#: has 4 KiB pages only, arm64 4, 16 or 64 KiB (arch/arm64/Kconfig)
+ARCH_PAGE_SIZES = {EM_X86_64: (1 << 12,), EM_AARCH64: (1 << 12, 1 << 14, 1 << 16)}
 
 
 class KernelViewError(DumpError):
@@ -110,13 +113,19 @@ class VmcoreInfo:
                                         f"({low}..{high}{': ' + why if why else ''})")
         return value
 
-    def valid_page_size(self, path: str | None) -> int | None:
-        """PAGESIZE (None when absent), validated: a power of two from
-        MIN_PAGE_SIZE to MAX_PAGE_SIZE, else KernelViewError."""
+    def valid_page_size(self, path: str | None, machine: int | None = None) -> int | None:
+        """PAGESIZE (None when absent), validated: one of ARCH_PAGE_SIZES
+        for a ``machine`` (ELF e_machine) listed there, else a power of two
+        from MIN_PAGE_SIZE to MAX_PAGE_SIZE; KernelViewError otherwise."""
         size = self.bounded("PAGESIZE", MIN_PAGE_SIZE, MAX_PAGE_SIZE, path,
                             "a power of two, as every kernel's page size")
         if size is not None and size & (size - 1):
             raise KernelViewError(path, f"VMCOREINFO PAGESIZE={size} is not a power of two")
+        sizes = ARCH_PAGE_SIZES.get(machine or 0)
+        if size is not None and sizes and size not in sizes:
+            raise KernelViewError(path, f"VMCOREINFO PAGESIZE={size} is not a page size of "
+                                        f"the dump's architecture "
+                                        f"({', '.join(map(str, sizes))})")
         return size
 
     def symbol(self, name: str) -> int | None:
