@@ -46,12 +46,13 @@ struct.error: unpack requires a buffer of 4 bytes
     ({"status": 1, "timed_out": False}, "slimdump: /v: bad\n", "out", "LEFTOVER"),
     ({"status": 0, "timed_out": False}, "slimdump: wrote x\n", ".out.0123abcd.part", "LEFTOVER"),
     ({"status": 1, "timed_out": False}, "oops\n", "", "BADMSG"),
+    ({"status": 1, "timed_out": False}, "slimdump: something failed\n", "", "BADMSG"),
 ])
 def test_classifier(tmp_path: Path, reply: dict, stderr: str, leave: str, expected: str) -> None:
     if leave:
         (tmp_path / leave).write_bytes(b"x")
     result = classify(reply, stderr, str(tmp_path), str(tmp_path / "out"),
-                      str(tmp_path / "stdout"))
+                      str(tmp_path / "stdout"), ["/v", str(tmp_path / "out")])
     assert result["class"] == expected
     if expected == "TRACEBACK" and reply["status"] == 1:
         assert result["origin"] == "slimdump/kernel/printk.py:42 (read)"

@@ -21,7 +21,7 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
-VERSION = 3
+VERSION = 4
 SAMPLES = 256          # struct pages kept per kind
 
 
@@ -95,11 +95,12 @@ def elf_catalog(path: Path) -> dict[str, Any]:
                      if n.name == "VMCOREINFO" and n.type == 0), None)
         out["vmcoreinfo"] = None if vmci is None else {
             "note": vmci, "text": source.notes[vmci].desc.decode("latin-1")}
-        out["printk"], out["struct_pages"], out["kernel"] = _kernel_view(source, path)
+        (out["printk"], out["struct_pages"], out["kernel"],
+         out["page_tables"]) = _kernel_view(source, path)
     return out
 
 
-def _kernel_view(source: Any, path: Path) -> tuple[Any, Any, Any]:
+def _kernel_view(source: Any, path: Path) -> tuple[Any, Any, Any, Any]:
     """The printk ring buffer and the struct pages, as file offsets (None
     with the reason when slimdump cannot locate them)."""
     from slimdump.errors import DumpError
@@ -108,7 +109,7 @@ def _kernel_view(source: Any, path: Path) -> tuple[Any, Any, Any]:
 
     info = VmcoreInfo.from_notes(source.notes)
     if info is None:
-        return None, None, None
+        return None, None, None, None
     mem = KernelMemory(source, info)
     view = Mapper(mem, source)
     try:
@@ -125,7 +126,41 @@ def _kernel_view(source: Any, path: Path) -> tuple[Any, Any, Any]:
         sym = info.symbol(name)
         if sym is not None:
             kernel[name] = view.region(sym, size)
-    return printk, pages, kernel
+    # page table entries on the way to mem_section and to struct pages (the
+    # kernel image and so the printk buffers translate without page tables)
+    targets = [info.symbol("mem_section") or 0]
+    for _first, _end, region in (pages.get("runs", []) if isinstance(pages, dict) else []):
+        targets += [region["vaddr"], region["vaddr"] + region["size"] // 2]
+    return printk, pages, kernel, _page_tables(mem, source, [t for t in targets if t])
+
+
+def _page_tables(mem: Any, source: Any, targets: list[int]) -> list[dict[str, Any]]:
+    """x86_64 page table entries (file offset, level, value) that translate
+    ``targets``, each once."""
+    arch = mem.arch
+    top, levels, mask = (getattr(arch, a, None) for a in ("top_table", "levels", "entry_mask"))
+    if top is None or levels not in (4, 5):
+        return []
+    shifts = (48, 39, 30, 21, 12)[5 - levels:]
+    emap = source.extent_map
+    seen: dict[int, dict[str, Any]] = {}
+    for vaddr in targets:
+        table = top
+        for depth, shift in enumerate(shifts):
+            paddr = table + ((vaddr >> shift) & 511) * 8
+            ext = emap.at(paddr)
+            if ext is None or not ext.in_file:
+                break
+            at = ext.file_offset + paddr - ext.phys_start
+            with open(source.path, "rb") as f:
+                f.seek(at)
+                entry = int.from_bytes(f.read(8), "little")
+            level = levels - depth
+            seen.setdefault(at, {"at": at, "level": level, "entry": entry, "table": table})
+            if not entry & 1 or shift == 12 or (level in (2, 3) and entry & 0x80):
+                break
+            table = entry & mask
+    return sorted(seen.values(), key=lambda e: e["at"])
 
 
 class Mapper:

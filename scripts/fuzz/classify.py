@@ -16,9 +16,10 @@ _SANITIZER = re.compile(r"ERROR: AddressSanitizer|runtime error:|UndefinedBehavi
 
 
 def classify(reply: dict[str, Any], stderr: str, dst_dir: str, dst: str | None,
-             stdout_path: str) -> dict[str, Any]:
+             stdout_path: str, files: list[str] | None = None) -> dict[str, Any]:
     """{class, line, origin} of one run (origin: where a traceback's
-    exception was raised, innermost frame, and innermost slimdump frame)."""
+    exception was raised, innermost frame, and innermost slimdump frame).
+    A refusal must name one of ``files`` (when given), else it is BADMSG."""
     code = reply["status"]
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     last = lines[-1] if lines else ""
@@ -43,7 +44,8 @@ def classify(reply: dict[str, Any], stderr: str, dst_dir: str, dst: str | None,
     elif code == 0:
         written = dst if dst else stdout_path
         out["class"] = "ok" if os.path.exists(written) and os.path.getsize(written) else "EMPTY"
-    elif code == 1 and last.startswith("slimdump: "):
+    elif code == 1 and last.startswith("slimdump: ") and (
+            not files or any(f"{f}:" in last for f in files)):
         out["class"] = "refused"
     elif code == 2 and last.startswith("slimdump: ") and "usage:" not in stderr:
         out["class"] = "incomplete"      # a dump cut short (a full disk), said in one line

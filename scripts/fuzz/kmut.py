@@ -183,3 +183,20 @@ def kernel_data(plan: Plan, cat: dict[str, Any]) -> None:
         hit = file_at(region, rel)
         if hit:
             plan.flip(hit[0], min(hit[1], 8), name)
+
+
+def page_table(plan: Plan, cat: dict[str, Any]) -> None:
+    """An x86_64 page table entry on the way to mem_section or struct pages:
+    not present, huge, pointing past memory, at its own table (a loop)..."""
+    rng = plan.rng
+    entries = cat.get("page_tables") or []
+    if not entries:
+        plan.notes.append("page tables: not located")
+        return
+    e = rng.choice(entries)
+    entry, table = e["entry"], e["table"]
+    value = rng.choice([0, entry ^ 1, entry | 0x80, entry & ~0x80, entry + 4096,
+                        (entry & 0xFFF) | (1 << 51), (entry & 0xFFF) | table,
+                        (entry & 0xFFF) | (table + 4096 * rng.randrange(1, 512)),
+                        entry | (1 << 63), (1 << 64) - 1, rng.getrandbits(64) | 1])
+    plan.field(e["at"], "Q", f"level-{e['level']} entry@{e['at']:#x}", value)

@@ -38,13 +38,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "'' for none)")
     p.add_argument("--targets", default="", help=f"comma-separated subset of: {', '.join(TARGETS)}")
     p.add_argument("--jobs", type=int, default=1, help="cases run at once (default 1)")
-    p.add_argument("--only", default="", help="comma-separated case indices to run")
+    p.add_argument("--only", default="",
+                   help="comma-separated case indices to replay (in OUT/work/replay, beside "
+                        "a run in progress; with the run's --seed, --fixtures, --derived, "
+                        "--targets)")
     p.add_argument("--keep", action="store_true",
                    help="with --only: leave the mutant in place (restored by the next run)")
     p.add_argument("--src", type=Path,
                    help="the directory holding the slimdump package the children run (default: "
                         "the one this Python imports; e.g. a git archive of another commit, "
                         "with the C extensions built in it)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite OUT's report.json and summary.txt from OUT/cases.jsonl")
     p.add_argument("--asan", action="store_true",
                    help="children use C extensions built with ASan+UBSan (in OUT/asan)")
     return p.parse_args(argv)
@@ -53,6 +58,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out = args.out.resolve()
+    if args.report_only:
+        old = json.loads((out / "report.json").read_text())
+        meta = {k: old[k] for k in ("command", "seed", "n", "timeout", "jobs", "asan", "inputs",
+                                    "slimdump", "extensions", "git", "sanitizer_runtime",
+                                    "sanitizers", "elapsed") if k in old}
+        with (out / "cases.jsonl").open() as f:
+            results = [json.loads(line) for line in f]
+        rep = report.build(results, meta, _repro(args, out))
+        print(report.write(out, rep), end="")
+        return 1 if any(rep["counts"][c] for c in FATAL) else 0
     out.mkdir(parents=True, exist_ok=True)
     fixtures = [f for f in args.fixtures.split(",") if f]
     derived = [d for d in args.derived.split(",") if d]
@@ -74,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     in_list = list(inputs.values())
     cases = [make_case(args.seed, i, in_list, targets) for i in indices]
     jobs = max(1, min(args.jobs, len(cases)))
-    lanes = [Lane(k, out, env, args.timeout, inputs, policy) for k in range(jobs)]
+    # --only runs in its own lane: a replay beside a run in progress in OUT
+    names = ["replay"] if args.only else [f"lane{k}" for k in range(jobs)]
+    lanes = [Lane(name, out, env, args.timeout, inputs, policy) for name in names]
     if args.asan and not lanes[0].loaded["sanitizer_runtime"]:
         raise SystemExit("fuzz: --asan but the fork server has no sanitizer runtime loaded")
     repro = _repro(args, out)
@@ -145,7 +162,7 @@ def _repro(args: argparse.Namespace, out: Path) -> str:
         parts += ["--src", str(args.src)]
     if args.asan:
         parts.append("--asan")
-    return " ".join([*parts, "--out", f"{out}-repro", "--keep", "--only", "{index}"])
+    return " ".join([*parts, "--out", str(out), "--keep", "--only", "{index}"])
 
 
 def _git() -> str:

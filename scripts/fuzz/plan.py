@@ -24,6 +24,7 @@ TARGETS: dict[str, tuple[str, Mutator, float, bool]] = {
     "printk": ("elf", kmut.printk, 4, False),
     "struct-page": ("elf", kmut.struct_page, 4, False),
     "kernel-data": ("elf", kmut.kernel_data, 1, False),
+    "page-table": ("elf", kmut.page_table, 1.5, False),
     "kdump-header": ("kdump", fmut.kdump_header, 2, False),
     "kdump-subheader": ("kdump", fmut.kdump_subheader, 2, False),
     "kdump-vmcoreinfo": ("kdump", elfmut.kdump_vmcoreinfo, 1, True),

@@ -18,7 +18,7 @@ KEEP = 5
 
 def normalize(line: str) -> str:
     line = re.sub(r"(/[\w.+-]+)+", "PATH", line)
-    line = re.sub(r"0x[0-9a-fA-F]+|\b[0-9a-f]{8,}\b", "HEX", line)
+    line = re.sub(r"-?0x[0-9a-fA-F]+|\b[0-9a-f]{8,}\b", "N", line)
     return re.sub(r"-?\d+", "N", line)
 
 
@@ -55,6 +55,13 @@ def build(results: list[dict[str, Any]], meta: dict[str, Any],
         if len(g["indices"]) < 12:
             g["indices"].append(r["index"])
     refusals = Counter(normalize(r["line"])[:160] for r in results if r["class"] == "refused")
+    # a refused capture saved nothing: where the mutation left memory intact,
+    # each of these is a dump lost to a header or note (first index of each)
+    lost: dict[str, list[Any]] = {}
+    for r in results:
+        if r["class"] == "refused" and r["command"][0] == "capture":
+            key = f"{r['target']}: {normalize(r['line'])[:140]}"
+            lost.setdefault(key, [0, r["index"]])[0] += 1
     ordered = sorted(groups.values(), key=lambda g: (g["class"] not in FATAL, -g["count"]))
     for g in ordered:
         g["targets"] = dict(g["targets"])
@@ -63,7 +70,9 @@ def build(results: list[dict[str, Any]], meta: dict[str, Any],
                 counts={c: counts.get(c, 0) for c in CLASSES},
                 by_target={t: dict(c) for t, c in sorted(by_target.items())},
                 reproducers=dict(reproducers), groups=ordered,
-                refusals=refusals.most_common(25))
+                refusals=refusals.most_common(25),
+                capture_refused=sorted(([k, *v] for k, v in lost.items()),
+                                       key=lambda x: -x[1]))
 
 
 def text(report: dict[str, Any]) -> str:
@@ -83,6 +92,9 @@ def text(report: dict[str, Any]) -> str:
             out.append(f"            {g.get('line', '')[:150]}")
             out.append(f"            indices {g['indices']}  targets {g['targets']}")
             out.append(f"            {g['reproduce']}")
+    if report.get("capture_refused"):
+        out += ["", "captures refused (nothing saved; count, first index):"]
+        out += [f"  {n:4} {i:6}  {k}" for k, n, i in report["capture_refused"][:15]]
     if report.get("sanitizers"):
         out += ["", "sanitizer check: " + json.dumps(report["sanitizers"])]
     return "\n".join(out) + "\n"

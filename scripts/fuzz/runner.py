@@ -20,9 +20,9 @@ SERVER = Path(__file__).with_name("server.py")
 
 
 class Lane:
-    def __init__(self, number: int, out: Path, env: dict[str, str], timeout: float,
+    def __init__(self, name: str, out: Path, env: dict[str, str], timeout: float,
                  inputs: dict[str, Input], policy: Path) -> None:
-        self.dir = out / "work" / f"lane{number}"
+        self.dir = out / "work" / name
         self.dst_dir = self.dir / "dst"
         self.dst_dir.mkdir(parents=True, exist_ok=True)
         self.timeout, self.inputs, self.policy = timeout, inputs, policy
@@ -70,7 +70,8 @@ class Lane:
                 work.restore()
         with open(stderr, errors="replace") as f:
             text = f.read()
-        result = classify(reply, text, str(self.dst_dir), dst, stdout)
+        result = classify(reply, text, str(self.dst_dir), dst, stdout,
+                          [str(work.path), *([dst] if dst else [])])
         result.update(index=case.index, input=case.input, target=case.target,
                       mutations=case.notes, command=case.command,
                       elapsed=round(reply["elapsed"], 3))
