@@ -9,7 +9,8 @@ faults with the kernel's own device mapper, loop devices and ext4 and runs
   a dm table with two ``error`` segments under page data that makedumpfile
   -d 31 keeps (three whole pages; three sectors inside a fourth page);
 - destination EIO: an ext4 whose free blocks (its data area, as dumpe2fs
-  lists them) are mapped to ``error``;
+  lists them) are mapped to ``error``; and an ext4 whose whole device fails
+  every write (dm-flakey error_writes), so that its journal aborts;
 - ENOSPC: a 40 MiB ext4 that holds the -d 31 dump but not the -d 0 one, and
   an 8 MiB one that holds neither.
 
@@ -59,7 +60,7 @@ FIXTURE = "6.1-sysrq"
 PAGE = 4096
 SECTOR = 512
 SCRIPT = Path(__file__).parent / "lab" / "faults.sh"
-MODULES = ("dm_mod", "loop", "ext4", "crc32c_generic")
+MODULES = ("dm_mod", "dm_flakey", "loop", "ext4", "crc32c_generic")
 STATUS_AT = 424                 # disk_dump_header.status, x86_64 (kdump-formats.md 2.2)
 INCOMPLETE = 0x8                # DUMP_DH_COMPRESSED_INCOMPLETE
 NT_SLIMDUMP_META = 0x534C0001   # nocoredump-note.md, "slimdump's own notes"
@@ -404,6 +405,28 @@ def test_destination_eio_keeps_the_triage_slimdump(faults: Faults) -> None:
     assert "sysrq triggered crash" in res.stdout
     owners = {n.owner for n in eu_readelf_notes(triage)}
     assert {"CORE", "VMCOREINFO", "SLIMDUMP"} <= owners
+
+
+def test_dead_destination_one_line(faults: Faults) -> None:
+    """Every write to the device fails: ext4 aborts its journal and goes
+    read-only while the -d 31 dump is written.  Exit 1 with one line naming
+    the destination; nothing under DST; the triage slimdump (elsewhere) is
+    whole.  The temporary file cannot be removed from a read-only file
+    system: the next capture into that directory removes it
+    (remove_stale_parts)."""
+    name = "dst-dead-d31"
+    assert not (faults.dir(name) / "stuck").exists(), faults.text(name, "stuck")
+    assert faults.rc(name) == 1, faults.text(name, "stderr")
+    (line,) = stderr_lines(faults, name)
+    assert re.fullmatch(rf"slimdump: /mnt/{name}/dump: .*"
+                        r"(Input/output error|Read-only file system)", line), line
+    assert "dump" not in listing(faults, name)
+    section = faults.section(name)
+    assert re.search(r"Aborting journal on device dm-\d+", section), section
+    assert logical_blocks(section, ", lost (a)?sync page write")
+    assert "Remounting filesystem read-only" in section
+    res = slimdump("inspect", faults.dir(name) / "dump.triage")
+    assert res.returncode == 0 and "sysrq triggered crash" in res.stdout, res.stderr
 
 
 # -- ENOSPC ------------------------------------------------------------------------------
