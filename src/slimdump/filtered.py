@@ -12,12 +12,13 @@ because filtering failed.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 
 from slimdump.bitmap import PfnBitmap, is_zero
 from slimdump.elf import Note, frame_notes
-from slimdump.errors import DumpError
+from slimdump.errors import DumpError, OutputError
 from slimdump.kernel.dump_level import DL_ZERO, ExclusionCounts, PageClassifier
 from slimdump.kernel.header_facts import crash_time, kdump_phys_base, read_utsname
 from slimdump.kernel.memory import KernelMemory
@@ -29,12 +30,13 @@ from slimdump.kernel.physmem import (
     usable_segments,
 )
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
+from slimdump.notes import find_metadata, with_metadata
 from slimdump.progress import Progress
 from slimdump.record import field, record
 from slimdump.sources.base import DumpSource, Segment, partial_pages
 from slimdump.writers.atomic import AtomicOutput
 from slimdump.writers.inputs import note_area, page_reader
-from slimdump.writers.kdump import KdumpMeta, KdumpWriter
+from slimdump.writers.kdump import KdumpMeta, KdumpResult, KdumpWriter
 from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
@@ -105,26 +107,37 @@ def select_pages(source: DumpSource, dump_level: int,
     are multiples of 8 pfns, so each lands on whole bytes).  Large bitmaps
     live in an unlinked file in ``directory`` (default: TMPDIR)."""
     info = VmcoreInfo.from_notes(source.notes)
-    page_size = (info.page_size if info else None) or 4096
+    warnings: list[str] = []
+    page_size = 4096
+    try:
+        page_size = (info.valid_page_size(source.path) if info else None) or page_size
+    except DumpError as exc:
+        warnings.append(f"{exc.problem}; writing pages of {page_size} bytes")
     # a dump without memory (no usable PT_LOAD) still gets bitmaps of one
     # pfn, absent: makedumpfile and libkdumpfile take no kdump file with
     # max_mapnr 0, and the notes (registers, VMCOREINFO) are worth keeping
     nr = max(1, max_mapnr(source.segments, page_size))
-    # no real machine's memory map reaches past its physical address width
-    # (the kernel's MAX_PHYSMEM_BITS, at most 52 on x86_64 and arm64); a
-    # segment beyond it is corruption, not a reason to walk petabytes of map
-    bits = (info.number("MAX_PHYSMEM_BITS") if info else None) or MAX_PHYSMEM_BITS
-    if nr * page_size > 1 << min(bits, MAX_PHYSMEM_BITS):
-        raise DumpError(source.path, f"memory map reaches {nr * page_size:#x}, beyond a "
-                                     f"{min(bits, MAX_PHYSMEM_BITS)}-bit physical address "
-                                     "space")
+    # no real machine's memory map reaches past the widest physical address
+    # space (52 bits on x86_64 and arm64); a segment beyond it is
+    # corruption, not a reason to walk petabytes of map
+    reach = nr * page_size
+    if reach > 1 << MAX_PHYSMEM_BITS:
+        raise DumpError(source.path, f"memory map reaches {reach:#x}, beyond a "
+                                     f"{MAX_PHYSMEM_BITS}-bit physical address space")
+    # a kernel's own MAX_PHYSMEM_BITS smaller than the map it left is the
+    # VMCOREINFO value that is wrong, not the map
+    bits = info.number("MAX_PHYSMEM_BITS") if info else None
+    if bits is not None and (bits < 0 or reach > 1 << bits):
+        warnings.append(f"VMCOREINFO NUMBER(MAX_PHYSMEM_BITS)={bits} is smaller than the "
+                        f"dump's memory map (it reaches {reach:#x}): ignored, the map "
+                        f"is held to {MAX_PHYSMEM_BITS} bits")
     bitmap1 = PfnBitmap(nr, directory=directory)
     try:
         bitmap2 = PfnBitmap(nr, directory=directory)
     except DumpError:
         bitmap1.close()
         raise
-    selection = PageSelection(bitmap1, bitmap2, nr, page_size,
+    selection = PageSelection(bitmap1, bitmap2, nr, page_size, warnings=warnings,
                               partial=partial_pages(source.extents, page_size))
     try:
         _classify_into(source, info, dump_level, selection)
@@ -182,10 +195,65 @@ class DumpResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+# the SLIMDUMP metadata lists at most this many ranges of lost pages
+MAX_LOST_RANGES = 4096
+
+
+def unreadable_metadata(count: int, ranges: list[list[int]],
+                        before: object = None) -> dict[str, Any]:
+    """``unreadable_pages`` for the SLIMDUMP metadata: how many pages the
+    source could not give and their pfn ranges (inclusive), the first
+    MAX_LOST_RANGES of them.  ``before``: the source's own entry (a saved
+    dump re-filtered), whose pages are still missing: counted and listed too."""
+    truncated = False
+    if isinstance(before, dict):
+        old = before.get("ranges")
+        old_count = before.get("count")
+        if isinstance(old_count, int) and old_count > 0 and isinstance(old, list):
+            spans = [r for r in old if isinstance(r, list) and len(r) == 2
+                     and all(isinstance(x, int) for x in r)]
+            ranges = _merge_ranges(spans + ranges)
+            count += old_count
+            truncated = bool(before.get("ranges_truncated"))
+    entry: dict[str, Any] = {"count": count, "ranges": ranges[:MAX_LOST_RANGES]}
+    if truncated or len(ranges) > MAX_LOST_RANGES:
+        entry["ranges_truncated"] = True
+    return entry
+
+
+def _merge_ranges(ranges: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for first, last in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], last)
+        else:
+            out.append([first, last])
+    return out
+
+
 def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
                selection: PageSelection, *, extra_notes: list[Note] | None = None,
-               overwrite: bool = False, progress: bool | None = None) -> DumpResult:
-    """Write the selected pages to ``dst`` (None or "-" with FLAT: stdout)."""
+               overwrite: bool = False, progress: bool | None = None,
+               metadata: dict[str, Any] | None = None,
+               keep_incomplete: bool = False) -> DumpResult:
+    """Write the selected pages to ``dst`` (None or "-" with FLAT: stdout).
+
+    A page the source cannot give (an I/O error, a file cut short, a page
+    lost from an incomplete saved dump) is left out of a kdump-compressed
+    file (-F too): excluded in its 2nd bitmap, counted in
+    ``details["unreadable"]`` and ``details["unreadable_ranges"]`` (pfn
+    ranges, inclusive), and listed in the file's SLIMDUMP metadata note
+    (``unreadable_pages``): ``metadata``, the dict the caller put in a note
+    of ``extra_notes`` if any, which that note is rewritten from (else the
+    source's own metadata note, else a new one).  An ELF output (-E) or a
+    --split set cannot leave a page out: the read's SourceReadError, one
+    line naming the offset, and no file.
+
+    ``keep_incomplete``: if the disk fills (ENOSPC, EFBIG) while the page
+    data of a kdump-compressed file (not -F, -E or --split) are written,
+    keep the pages written so far as a dump marked incomplete (makedumpfile's
+    DUMP_DH_COMPRESSED_INCOMPLETE: readers take the rest as lost), with
+    ``details["incomplete"]`` True, rather than raise the OutputError."""
     notes = note_area(source)
     if extra_notes:
         notes += frame_notes(extra_notes, source.header.endian)
@@ -204,7 +272,8 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
         bar.finish()
         return DumpResult(result.size, total - result.zero_pages, result.seconds,
                           {"loads": len(result.loads), "data_bytes": result.data_bytes,
-                           "zero_excluded": result.zero_pages})
+                           "zero_excluded": result.zero_pages, "unreadable": 0,
+                           "unreadable_ranges": []})
 
     # the headers' facts about the crashed kernel, read here: writers only format them
     info = VmcoreInfo.from_notes(source.notes)
@@ -226,12 +295,46 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
                           {"parts": [{"path": dst, "pfn_start": lo, "pfn_end": hi,
                                       "pages": r.pages, "size": r.size}
                                      for dst, ((lo, hi), r) in zip(options.split, parts,
-                                                                   strict=True)]})
+                                                                   strict=True)],
+                           "unreadable": 0, "unreadable_ranges": []})
 
-    def run(out: Any) -> Any:
+    keep = keep_incomplete and options.format != FLAT
+    incomplete: dict[str, Any] = {}
+
+    def run(out: Any) -> KdumpResult:
         writer = KdumpWriter(out, meta, selection.bitmap1, selection.bitmap2,
                              codec=options.codec, workers=options.threads)
-        return writer.write(read_pages, bar_update)
+        try:
+            result = writer.write(read_pages, bar_update)
+        except OutputError as exc:
+            if not (keep and exc.errno in (errno.ENOSPC, errno.EFBIG)
+                    and writer.writing_pages):
+                raise
+            try:
+                writer.mark_incomplete()
+            except DumpError:
+                raise exc from None
+            result = writer.result
+            result.pages, result.size = writer.pages_written, writer.data_end
+            incomplete.update(pages_written=writer.pages_written,
+                              pages_missing=total - writer.pages_written - result.lost_pages,
+                              error=exc.problem)
+        if result.lost_pages or incomplete:
+            additions: dict[str, Any] = {}
+            if result.lost_pages:
+                before = (find_metadata(notes, source.header.endian) or {}).get(
+                    "unreadable_pages")
+                additions["unreadable_pages"] = unreadable_metadata(
+                    result.lost_pages, result.lost_ranges, before)
+            if incomplete:
+                additions["incomplete"] = dict(incomplete)
+            area = with_metadata(notes, source.header.endian, metadata, additions)
+            try:
+                result.size = writer.append_notes(area, result.size)
+            except OutputError:
+                if not incomplete:
+                    raise
+        return result
 
     if options.format == FLAT:
         from slimdump.writers.flat import flat_output
@@ -248,7 +351,15 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
     # file, its descriptor pointing at the one zero page stored (as
     # makedumpfile writes it, and counts it among the excluded pages)
     zero = result.zero_pages if options.dump_level & DL_ZERO else 0
-    return DumpResult(result.size, result.pages, result.seconds,
-                      {"zero_pages": result.zero_pages, "zero_excluded": zero,
-                       "compressed": result.compressed_pages, "raw": result.raw_pages,
-                       "workers": result.workers})
+    details: dict[str, Any] = {
+        "zero_pages": result.zero_pages, "zero_excluded": zero,
+        "compressed": result.compressed_pages, "raw": result.raw_pages,
+        "workers": result.workers, "unreadable": result.lost_pages,
+        "unreadable_ranges": result.lost_ranges}
+    if result.lost_error:
+        details["unreadable_error"] = result.lost_error
+    if incomplete:
+        details["incomplete"] = True
+        details["pages_written"] = incomplete["pages_written"]
+        details["incomplete_error"] = incomplete["error"]
+    return DumpResult(result.size, result.pages, result.seconds, details)
