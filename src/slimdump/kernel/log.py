@@ -14,6 +14,7 @@ from slimdump.kernel.printk import (
     render_vmcore_dmesg,
 )
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
+from slimdump.notes import NT_SLIMDUMP_LOG, decode_text, is_slimdump_note
 from slimdump.record import record
 from slimdump.sources.base import DumpSource
 
@@ -48,11 +49,30 @@ def read_kernel_log(source: DumpSource) -> KernelLogText:
 
 
 def extract_dmesg(source: DumpSource, fmt: str = "makedumpfile") -> bytes:
-    """The log rendered as ``makedumpfile --dump-dmesg`` or ``vmcore-dmesg``."""
-    log = _read(source)
+    """The log rendered as ``makedumpfile --dump-dmesg`` or ``vmcore-dmesg``;
+    for a slimdump (no memory: a triage slimdump, a dmesg-action slimdump),
+    the log its SLIMDUMP log note carries, as it was saved."""
+    try:
+        log = _read(source)
+    except DumpError:
+        saved = _log_note(source)
+        if saved is None:
+            raise
+        return saved
     if fmt == "vmcore-dmesg":
         return render_vmcore_dmesg(log)
     return render_makedumpfile(log, machine=source.header.e_machine)
+
+
+def _log_note(source: DumpSource) -> bytes | None:
+    """The text of the source's SLIMDUMP log note (makedumpfile's format),
+    when it has one and holds no memory to read the log from."""
+    if any(seg.usable for seg in source.segments):
+        return None
+    for note in source.notes:
+        if is_slimdump_note(note, NT_SLIMDUMP_LOG):
+            return decode_text(note).encode("utf-8")
+    return None
 
 
 # makedumpfile's ``[%5llu.%06llu] `` of a u64 of nanoseconds: at most 11

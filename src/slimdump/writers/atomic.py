@@ -8,11 +8,12 @@ dump holds secrets), fsynced, then renamed; the directory is fsynced too.
 On any error the temporary file is removed, so a half-written file never
 stands under the final name.
 
-Written data is pushed to disk as it goes: every WRITEBACK_BYTES the file's
-dirty pages are handed to writeback and its clean ones dropped from the page
-cache (``posix_fadvise(DONTNEED)``).  A capture kernel has little memory to
-hold gigabytes of dirty dump, and the final fsync then waits for the last
-few MiB only, not for the whole file.
+Written data is pushed to disk as it goes: every WRITEBACK_BYTES the file
+is fdatasync'ed and its pages dropped from the page cache
+(``posix_fadvise(DONTNEED)``).  A capture kernel has little memory to hold
+gigabytes of dirty dump, the final fsync then waits for the last few MiB
+only, and a disk that stops taking writes is an error within a few MiB
+rather than a writer stuck in the kernel's dirty-page throttle.
 """
 
 from __future__ import annotations
@@ -152,8 +153,20 @@ class AtomicOutput:
         self._unflushed += len(data)
         if self._unflushed >= WRITEBACK_BYTES:
             self._unflushed = 0
-            with contextlib.suppress(OSError, AttributeError):   # only a hint
-                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            self._write_back()
+
+    def _write_back(self) -> None:
+        """Push the dirty pages to disk, then drop them from the page cache.
+        fdatasync, not a hint: a disk that stopped taking writes (EIO, an
+        aborted journal) fails here, within WRITEBACK_BYTES, instead of
+        leaving the writer asleep in the kernel's dirty-page throttle forever."""
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise OutputError(self.dst, f"write failed: {exc.strerror or exc}",
+                              exc.errno) from None
+        with contextlib.suppress(OSError, AttributeError):   # only a hint
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def set_size(self, size: int) -> None:
         """Make the file ``size`` bytes long (a trailing hole stays a hole)."""
@@ -185,5 +198,7 @@ class AtomicOutput:
             os.close(self.fd)
             self.fd = -1
         if not self.committed and self.tmp:
-            with contextlib.suppress(FileNotFoundError):
+            # a file system that went read-only keeps it: the error that
+            # matters is the one that brought us here, not this one
+            with contextlib.suppress(OSError):
                 os.unlink(self.tmp)
