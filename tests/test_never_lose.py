@@ -80,6 +80,11 @@ def test_triage_written_beside_the_dump(tmp_path: Path) -> None:
     assert f"wrote the triage slimdump (reason, log, metadata) to {tmp_path}/dump.triage" \
         in res.stderr
     assert kdump_header(tmp_path / "dump")["dump_level"] == 31
+    # its log is the crashed kernel's, as makedumpfile 1.7.2 prints it from the vmcore
+    run(tool("makedumpfile"), "--dump-dmesg", src, tmp_path / "mdf.txt")
+    log = slimdump("dmesg", tmp_path / "dump.triage")
+    assert log.returncode == 0, log.stderr
+    assert log.stdout == (tmp_path / "mdf.txt").read_text()
 
 
 def test_triage_name_for_a_service_temporary_name(tmp_path: Path) -> None:
