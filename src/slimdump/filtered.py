@@ -66,6 +66,8 @@ class PageSelection:
     #: pages the source covers only in part (``(pfn, [(lo, hi), ...])``, the
     #: byte ranges it holds): in the bitmaps, their other bytes zeros
     partial: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
+    #: the source's segments that the bitmaps cover (none past 52 bits)
+    segments: list[Segment] = field(default_factory=list)
 
     @cached_property
     def dumpable_pages(self) -> int:
@@ -116,14 +118,20 @@ def select_pages(source: DumpSource, dump_level: int,
     # a dump without memory (no usable PT_LOAD) still gets bitmaps of one
     # pfn, absent: makedumpfile and libkdumpfile take no kdump file with
     # max_mapnr 0, and the notes (registers, VMCOREINFO) are worth keeping
-    nr = max(1, max_mapnr(source.segments, page_size))
     # no real machine's memory map reaches past the widest physical address
     # space (52 bits on x86_64 and arm64); a segment beyond it is
-    # corruption, not a reason to walk petabytes of map
+    # corruption, not a reason to walk petabytes of map: it is left out,
+    # and the memory below it saved
+    segments = [seg for seg in source.segments
+                if not seg.usable or seg.phys_end <= 1 << MAX_PHYSMEM_BITS]
+    for seg in source.segments:
+        if seg not in segments:
+            warnings.append(f"a PT_LOAD at physical {seg.phys_start:#x} "
+                            f"({seg.phys_end - seg.phys_start} bytes) lies beyond a "
+                            f"{MAX_PHYSMEM_BITS}-bit physical address space: left out of "
+                            "the dump")
+    nr = max(1, max_mapnr(segments, page_size))
     reach = nr * page_size
-    if reach > 1 << MAX_PHYSMEM_BITS:
-        raise DumpError(source.path, f"memory map reaches {reach:#x}, beyond a "
-                                     f"{MAX_PHYSMEM_BITS}-bit physical address space")
     # a kernel's own MAX_PHYSMEM_BITS smaller than the map it left is the
     # VMCOREINFO value that is wrong, not the map
     bits = info.number("MAX_PHYSMEM_BITS") if info else None
@@ -138,7 +146,9 @@ def select_pages(source: DumpSource, dump_level: int,
         bitmap1.close()
         raise
     selection = PageSelection(bitmap1, bitmap2, nr, page_size, warnings=warnings,
-                              partial=partial_pages(source.extents, page_size))
+                              partial=[(pfn, held) for pfn, held
+                                       in partial_pages(source.extents, page_size) if pfn < nr],
+                              segments=segments)
     try:
         _classify_into(source, info, dump_level, selection)
         for pfn in exclude_pfns:
@@ -163,8 +173,8 @@ def _classify_into(source: DumpSource, info: VmcoreInfo | None, dump_level: int,
                                       f"every page (dump level {dump_level & DL_ZERO})")
     counts = ExclusionCounts()
     dumped = getattr(source, "bitmap2", None)     # a kdump-compressed source's own choice
-    for start, end in _populated_cycles(source.segments, page_size, selection.max_mapnr):
-        present = present_packed(source.segments, page_size, start, end)
+    for start, end in _populated_cycles(selection.segments, page_size, selection.max_mapnr):
+        present = present_packed(selection.segments, page_size, start, end)
         if is_zero(present):
             continue                               # both bitmaps are zero already
         keep = present
@@ -265,7 +275,7 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
         bar = Progress(total * selection.page_size, "Copying data", enabled=progress)
         with AtomicOutput(output_path(dst), overwrite=overwrite) as out:
             result = write_filtered_elf(
-                out, source.header, notes, source.segments, selection.bitmap2, read_pages,
+                out, source.header, notes, selection.segments, selection.bitmap2, read_pages,
                 page_size=selection.page_size, exclude_zero=bool(options.dump_level & DL_ZERO),
                 nbits=selection.max_mapnr, progress=bar.update, cycle_pages=CYCLE_PAGES)
             out.commit()
