@@ -52,6 +52,9 @@ class Decision:
     classification: Classification | None = None  # when the log was classified
     log: KernelLogText | None = None              # when the log was read
     warnings: list[str] = field(default_factory=list)
+    #: --full: the complete dump whatever the reason, a machine check's page
+    #: included (the log may still be read, for the triage slimdump)
+    forced_full: bool = False
 
     @property
     def writes_slimdump(self) -> bool:
@@ -71,6 +74,13 @@ def decide(source: DumpSource, policy: Policy | None = None, *, full: bool = Fal
            want_log: bool = False) -> Decision:
     """Choose the output for ``source``: reason, action, and the log when it
     was needed (detection, the ``dmesg`` action, or ``want_log``)."""
+    decision = _decide(source, policy, full=full, want_log=want_log)
+    decision.forced_full = full
+    return decision
+
+
+def _decide(source: DumpSource, policy: Policy | None = None, *, full: bool = False,
+            want_log: bool = False) -> Decision:
     policy = policy or Policy()
     note = find_nocoredump(source.notes)
     warnings: list[str] = []
@@ -141,8 +151,9 @@ def slim_metadata(source: DumpSource, decision: Decision, *,
 
 
 def machine_check_pfns(decision: Decision, page_size: int = 4096) -> list[int]:
-    """Page frames of the fatal machine checks' ADDR, found by detection."""
-    verdict = decision.classification
+    """Page frames of the fatal machine checks' ADDR, found by detection
+    (none when --full asked for every byte)."""
+    verdict = None if decision.forced_full else decision.classification
     pfns = []
     for err in verdict.hardware_errors if verdict else []:
         page = err.get("page") if isinstance(err, dict) else None
