@@ -126,13 +126,24 @@ def test_unwritable_destination(tmp_path: Path) -> None:
 
 
 def test_hostile_note_size(tmp_path: Path) -> None:
-    data = bytearray(sc.sample_x86_64_core())
+    """A note whose size runs past its segment: inspect refuses the file in
+    one line; capture keeps the notes before it and saves the memory, which
+    libkdumpfile reads as it reads the sound core's."""
+    good = sc.sample_x86_64_core()
+    data = bytearray(good)
     struct.pack_into("<I", data, 4096 + 4, 0xFFFFFFF0)   # first note's descsz
-    path = tmp_path / "hostile"
+    path, sound = tmp_path / "hostile", tmp_path / "sound"
     path.write_bytes(data)
-    res = slimdump("capture", path, tmp_path / "out")
+    sound.write_bytes(good)
+    res = slimdump("inspect", path)
     assert_clean_failure(res.returncode, res.stderr, path)
     assert "past the end of its segment" in res.stderr
+    res = slimdump("capture", "-d", "0", path, tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert ("past the end of its segment (0x1388): the notes before it kept, the rest "
+            "ignored; the memory is saved") in res.stderr
+    got, want = libkdumpfile_view(tmp_path / "out"), libkdumpfile_view(sound)
+    assert "error" not in got and got["pages"] == want["pages"]
 
 
 def test_truncated_inside_data_saves_the_rest(tmp_path: Path) -> None:

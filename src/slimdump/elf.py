@@ -191,6 +191,17 @@ def parse_notes(data: bytes, endian: str, base_offset: int = 0) -> list[Note]:
     name or descriptor would run past the segment raises ElfFormatError: the
     sizes are hostile or the segment is truncated.
     """
+    notes, problem = parse_notes_prefix(data, endian, base_offset)
+    if problem is not None:
+        raise ElfFormatError(problem)
+    return notes
+
+
+def parse_notes_prefix(data: bytes, endian: str,
+                       base_offset: int = 0) -> tuple[list[Note], str | None]:
+    """The records of a note segment up to the first one that cannot be
+    (see :func:`parse_notes`), and what is wrong with that one (None when
+    the whole segment is sound)."""
     notes: list[Note] = []
     pos, end = 0, len(data)
     while end - pos >= NOTE_HEADER_SIZE:
@@ -200,14 +211,13 @@ def parse_notes(data: bytes, endian: str, base_offset: int = 0) -> list[Note]:
         name_at = pos + NOTE_HEADER_SIZE
         desc_at = name_at + align4(namesz)
         if desc_at > end or desc_at + descsz > end:
-            raise ElfFormatError(
-                f"note at offset {base_offset + pos:#x} claims name size {namesz} and "
-                f"descriptor size {descsz}, past the end of its segment "
-                f"({base_offset + end:#x})")
+            return notes, (f"note at offset {base_offset + pos:#x} claims name size {namesz} "
+                           f"and descriptor size {descsz}, past the end of its segment "
+                           f"({base_offset + end:#x})")
         notes.append(Note(bytes(data[name_at:name_at + namesz]), note_type,
                           bytes(data[desc_at:desc_at + descsz]), base_offset + pos))
         pos = desc_at + align4(descsz)
-    return notes
+    return notes, None
 
 
 def frame_notes(notes: list[Note], endian: str) -> bytes:

@@ -96,13 +96,16 @@ def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
             raise DumpError(path, "already exists (use -f to overwrite)")
     removed = [name for directory in {os.path.dirname(os.path.abspath(p)) for p in outputs}
                for name in remove_stale_parts(directory)]
-    with open_dump(src) as source:
+    with open_dump(src, salvage=True) as source:
         lone_part = getattr(source, "split", False) and not getattr(source, "holds_all", True)
         if lone_part:
             raise DumpError(source.path, f"is {source.split_text()}")  # type: ignore[attr-defined]
         triage_to = chosen_triage_path(dst, triage)
         decision = decide_safely(source, policy, full=full,
                                  want_log=dump_dmesg or triage_to is not None)
+        for problem in getattr(source, "damaged_notes", ()):
+            decision.warnings.append(f"{problem}: the notes before it kept, the rest "
+                                     "ignored; the memory is saved")
         if removed:
             decision.warnings.append(f"removed {len(removed)} temporary file(s) a killed run "
                                      f"left: {', '.join(sorted(removed))}")

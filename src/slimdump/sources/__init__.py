@@ -32,12 +32,15 @@ _FOREIGN_SIGNATURES = (
 )
 
 
-def open_dump(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> DumpSource:
+def open_dump(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+              salvage: bool = False) -> DumpSource:
     """Open a dump file of any supported format; DumpError if it is none.
 
     Several paths are the parts of a ``makedumpfile --split`` set, in any
     order: one :class:`~slimdump.sources.split.SplitSource` over them (a
-    single path in a list is opened as that file)."""
+    single path in a list is opened as that file).  ``salvage``: an ELF
+    core whose notes are damaged opens with the notes before the damage
+    (capture: the memory is worth saving; :class:`ElfCore`)."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         paths = list(path)
         if len(paths) != 1:
@@ -49,7 +52,7 @@ def open_dump(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
     try:
         magic = raw.read_at(0, 16, what="file signature", allow_short=True)
         if magic[:4] == b"\x7fELF":
-            return ElfCore(raw)
+            return ElfCore(raw, salvage=salvage)
         # the makedumpfile formats' modules are imported only when met
         if magic[:8] in _KDUMP_SIGNATURES:
             from slimdump.sources.kdump import KdumpFile

@@ -19,7 +19,8 @@ from slimdump.elf import (
     ElfHeader,
     Note,
     ProgramHeader,
-    parse_notes,
+    frame_notes,
+    parse_notes_prefix,
 )
 from slimdump.errors import DumpError, NotInDump
 from slimdump.sources.base import DumpSource, Segment
@@ -45,8 +46,13 @@ class ElfCore(DumpSource):
     # reads are positioned preads with counts kept under RawFile's lock
     parallel_reads = True
 
-    def __init__(self, raw: RawFile) -> None:
+    def __init__(self, raw: RawFile, *, salvage: bool = False) -> None:
+        """``salvage``: a note segment that cannot be read whole gives the
+        notes before the damage (``damaged_notes`` says what was wrong)
+        instead of refusing the file: capture saves the memory anyway."""
         self.raw = raw
+        self.salvage = salvage
+        self.damaged_notes: list[str] = []
         self.path = raw.path
         self.size = raw.size
         try:
@@ -117,19 +123,31 @@ class ElfCore(DumpSource):
     def _read_notes(self) -> list[Note]:
         notes: list[Note] = []
         for index, ph in enumerate(self.note_segments):
-            if ph.p_filesz > MAX_NOTE_SEGMENT:
-                raise DumpError(self.path, f"note segment {index} claims {ph.p_filesz} bytes, "
-                                           f"more than any kernel writes")
-            if ph.p_offset + ph.p_filesz > self.size:
-                raise DumpError(self.path, f"note segment {index} (offset {ph.p_offset:#x}, "
-                                           f"{ph.p_filesz} bytes) runs past the end of the "
-                                           f"file ({self.size} bytes)")
-            data = self.raw.read_at(ph.p_offset, ph.p_filesz, what="notes")
-            try:
-                notes.extend(parse_notes(data, self.header.endian, ph.p_offset))
-            except ElfFormatError as exc:
-                raise DumpError(self.path, str(exc)) from None
+            size = ph.p_filesz
+            if size > MAX_NOTE_SEGMENT:
+                self._damaged(f"note segment {index} claims {size} bytes, more than any "
+                              "kernel writes")
+                size = MAX_NOTE_SEGMENT
+            if ph.p_offset + size > self.size:
+                self._damaged(f"note segment {index} (offset {ph.p_offset:#x}, {size} bytes) "
+                              f"runs past the end of the file ({self.size} bytes)")
+                size = max(0, self.size - ph.p_offset)
+            data = self.raw.read_at(ph.p_offset, size, what="notes")
+            found, problem = parse_notes_prefix(data, self.header.endian, ph.p_offset)
+            notes.extend(found)
+            if problem is not None:
+                self._damaged(problem)
+        if self.damaged_notes:
+            # the writers copy the note area: the sound notes, framed again
+            self.note_area = frame_notes(notes, self.header.endian)
         return notes
+
+    def _damaged(self, problem: str) -> None:
+        """A note segment that cannot be read whole: refused, or with
+        ``salvage`` recorded and read as far as it goes."""
+        if not self.salvage:
+            raise DumpError(self.path, problem)
+        self.damaged_notes.append(problem)
 
     @property
     def bytes_read(self) -> int:
