@@ -63,6 +63,20 @@ def as_output(out: PositionedOutput | int) -> PositionedOutput:
     return FdOutput(out) if isinstance(out, int) else out
 
 
+def write_back(fd: int, name: str) -> None:
+    """Push a file's dirty pages to disk, then drop them from the page cache
+    (every WRITEBACK_BYTES written).  fdatasync, not a hint: a disk that
+    stopped taking writes (EIO, an aborted journal) fails here, within
+    WRITEBACK_BYTES, instead of leaving the writer asleep in the kernel's
+    dirty-page throttle forever."""
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        raise OutputError(name, f"write failed: {exc.strerror or exc}", exc.errno) from None
+    with contextlib.suppress(OSError, AttributeError):   # only a hint
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def part_name(dst: str) -> str:
     """A temporary name for ``dst`` (a hidden file in its directory)."""
     return f".{os.path.basename(dst)}.{os.urandom(4).hex()}.part"
@@ -156,17 +170,7 @@ class AtomicOutput:
             self._write_back()
 
     def _write_back(self) -> None:
-        """Push the dirty pages to disk, then drop them from the page cache.
-        fdatasync, not a hint: a disk that stopped taking writes (EIO, an
-        aborted journal) fails here, within WRITEBACK_BYTES, instead of
-        leaving the writer asleep in the kernel's dirty-page throttle forever."""
-        try:
-            os.fdatasync(self.fd)
-        except OSError as exc:
-            raise OutputError(self.dst, f"write failed: {exc.strerror or exc}",
-                              exc.errno) from None
-        with contextlib.suppress(OSError, AttributeError):   # only a hint
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        write_back(self.fd, self.dst)
 
     def set_size(self, size: int) -> None:
         """Make the file ``size`` bytes long (a trailing hole stays a hole)."""

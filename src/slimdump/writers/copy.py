@@ -10,13 +10,12 @@ final size by the caller so that a trailing hole exists.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterator
 
 from slimdump.errors import DumpError, OutputError, SourceReadError
-from slimdump.writers.atomic import WRITEBACK_BYTES
+from slimdump.writers.atomic import WRITEBACK_BYTES, write_back
 
 CHUNK = 8 << 20          # bytes per system call, and per progress update
 ZERO_BLOCK = 1 << 20     # granularity of zero skipping on the read/write path
@@ -99,21 +98,8 @@ class RangeCopier:
             self._unsynced += done
             if self._unsynced >= WRITEBACK_BYTES:
                 self._unsynced = 0
-                self._write_back()
+                write_back(self.dst_fd, self.dst_name)
             self.on_progress(self.done)
-
-    def _write_back(self) -> None:
-        """As AtomicOutput does every WRITEBACK_BYTES: fdatasync, so that a
-        disk that stopped taking writes fails the copy here instead of
-        leaving it asleep in the kernel's dirty-page throttle; then drop the
-        written pages from the page cache."""
-        try:
-            os.fdatasync(self.dst_fd)
-        except OSError as exc:
-            raise OutputError(self.dst_name, f"write failed: {exc.strerror or exc}",
-                              exc.errno) from None
-        with contextlib.suppress(OSError, AttributeError):   # only a hint
-            os.posix_fadvise(self.dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def _one(self, src_off: int, dst_off: int, n: int) -> int:
         if self.method == "copy_file_range":
