@@ -68,13 +68,19 @@ def test_bounded_numbers() -> None:
     info = VmcoreInfo.parse("SIZE(page)=64\nSIZE(x)=xyz\nSIZE(y)=-1\nSIZE(z)=" + "9" * 5000)
     assert info.bounded("SIZE(page)", 16, 256, "f") == 64
     assert info.bounded("SIZE(none)", 16, 256, "f") is None
-    for key, shown in (("SIZE(x)", "SIZE(x)=xyz is not a number"),
+    for key, shown in (("SIZE(x)", "SIZE(x)=xyz is not a 64-bit number"),
                        ("SIZE(y)", "SIZE(y)=-1 is out of range (16..256"),
                        ("SIZE(z)", "SIZE(z)=99999999999999999999...(5000 characters)")):
         with pytest.raises(KernelViewError) as exc:
             info.bounded(key, 16, 256, "f")
         assert str(exc.value).startswith("f: VMCOREINFO ") and shown in str(exc.value)
         assert len(str(exc.value)) < 120
+    # no kernel number is wider than 64 bits: a wider one is not a number at
+    # all, whatever its base (a hex one has no digit limit in Python)
+    wide = VmcoreInfo.parse("NUMBER(a)=" + "f" * 40 + "\nNUMBER(b)=18446744073709551616\n"
+                            "NUMBER(c)=0xffffffffffffffff\nNUMBER(d)=-9223372036854775808\n")
+    assert (wide.number("a"), wide.number("b")) == (None, None)
+    assert (wide.number("c"), wide.number("d")) == ((1 << 64) - 1, -(1 << 63))
     for size, ok in (("4096", True), ("65536", True), ("3", False), ("6000", False),
                      ("-4096", False), ("2048", False), ("2097152", False)):
         page = VmcoreInfo.parse(f"PAGESIZE={size}\n")

@@ -135,7 +135,7 @@ def select_pages(source: DumpSource, dump_level: int,
     # a kernel's own MAX_PHYSMEM_BITS smaller than the map it left is the
     # VMCOREINFO value that is wrong, not the map
     bits = info.number("MAX_PHYSMEM_BITS") if info else None
-    if bits is not None and (bits < 0 or reach > 1 << bits):
+    if bits is not None and (not 0 <= bits <= 64 or reach > 1 << bits):
         warnings.append(f"VMCOREINFO NUMBER(MAX_PHYSMEM_BITS)={bits} is smaller than the "
                         f"dump's memory map (it reaches {reach:#x}): ignored, the map "
                         f"is held to {MAX_PHYSMEM_BITS} bits")

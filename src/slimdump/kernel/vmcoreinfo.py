@@ -47,12 +47,20 @@ def shown(raw: str) -> str:
 
 
 def parse_int(text: str) -> int:
-    """Decimal first (signed), then hex with or without 0x; ValueError if neither."""
+    """Decimal first (signed), then hex with or without 0x; ValueError if
+    neither, or if the value does not fit the kernel's 64 bits (the kernel
+    writes every VMCOREINFO number from a long or an unsigned long: a longer
+    one is corruption, and would make huge integers downstream)."""
     text = text.strip()
+    if len(text) > 24:          # "-9223372036854775808", "0xffffffffffffffff"
+        raise ValueError(f"{text[:20]}... is longer than any 64-bit number")
     try:
-        return int(text, 10)
+        value = int(text, 10)
     except ValueError:
-        return int(text, 16)
+        value = int(text, 16)
+    if not -(1 << 63) <= value < 1 << 64:
+        raise ValueError(f"{text} does not fit in 64 bits")
+    return value
 
 
 @record
@@ -107,7 +115,7 @@ class VmcoreInfo:
             value = parse_int(raw)
         except ValueError:
             raise KernelViewError(path, f"VMCOREINFO {key}={shown(raw)} is not a "
-                                        "number") from None
+                                        "64-bit number") from None
         if not low <= value <= high:
             raise KernelViewError(path, f"VMCOREINFO {key}={shown(raw)} is out of range "
                                         f"({low}..{high}{': ' + why if why else ''})")
