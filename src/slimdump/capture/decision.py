@@ -61,7 +61,7 @@ class Decision:
         return self.action in (SLIM, DMESG)
 
 
-def _try_log(source: DumpSource, decision_warnings: list[str]) -> KernelLogText | None:
+def try_log(source: DumpSource, decision_warnings: list[str]) -> KernelLogText | None:
     try:
         return read_kernel_log(source)
     except Exception as exc:        # detection must never cost the dump
@@ -87,14 +87,14 @@ def _decide(source: DumpSource, policy: Policy | None = None, *, full: bool = Fa
     if note is not None:
         reason = NoCoreDump.from_note(note)
         action = FULL if full else policy.action_for(reason.reason)
-        log = _try_log(source, warnings) if (action == DMESG or want_log) else None
+        log = try_log(source, warnings) if (action == DMESG or want_log) else None
         why = f"the kernel left an NT_NOCOREDUMP note ({reason.reason})"
         return Decision(action, reason, KERNEL_NOTE, why, None, log, warnings)
 
     if full and not want_log:
         return Decision(FULL, None, None, "complete dump requested (--full)", None, None,
                         warnings)
-    log = _try_log(source, warnings)
+    log = try_log(source, warnings)
     if log is None:
         action = FULL if full else NORMAL
         return Decision(action, None, None, "no NT_NOCOREDUMP note and no readable kernel "

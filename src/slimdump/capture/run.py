@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from slimdump.capture.decision import Decision, decide_safely
+from slimdump.capture.decision import Decision, decide_safely, try_log
 from slimdump.capture.normal import write_normal_or_full
 from slimdump.capture.small import (
     triage_path,
@@ -101,8 +101,11 @@ def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
         if lone_part:
             raise DumpError(source.path, f"is {source.split_text()}")  # type: ignore[attr-defined]
         triage_to = chosen_triage_path(dst, triage)
-        decision = decide_safely(source, policy, full=full,
-                                 want_log=dump_dmesg or triage_to is not None)
+        decision = decide_safely(source, policy, full=full, want_log=dump_dmesg)
+        if triage_to is not None and not decision.writes_slimdump and decision.log is None:
+            # only a dump bigger than a slimdump gets a triage: a slimdump of
+            # a kernel's note reads nothing of the crashed kernel's memory
+            decision.log = try_log(source, decision.warnings)
         for problem in getattr(source, "damaged_notes", ()):
             decision.warnings.append(f"{problem}: the notes before it kept, the rest "
                                      "ignored; the memory is saved")
