@@ -117,4 +117,6 @@ def test_file_backed_selection_writes_the_same_dump(tmp_path: Path,
     monkeypatch.setattr(bitmap_mod, "MEMORY_LIMIT", 0)
     capture(src, str(on_disk), policy=Policy(), options=opts, progress=False)
     assert filecmp.cmp(memory, on_disk, shallow=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "memory"]
+    # each capture left its triage slimdump beside it, and nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "disk.triage", "memory",
+                                                          "memory.triage"]
