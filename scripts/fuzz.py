@@ -15,7 +15,8 @@ once, with a wall-clock limit.
 Outcomes: ok, refused (exit 1, one "slimdump: ..." line), TRACEBACK, HANG,
 CRASH (a signal or a sanitizer report), LEFTOVER (a failed run's output
 under the final name, or a temporary file a normal exit left), BADMSG
-(exit 1 without a "slimdump:" line), EMPTY (exit 0, nothing written).
+(exit 1 without a "slimdump:" line), EMPTY (exit 0, nothing written and no
+warning saying why).
 OUT gets report.json, summary.txt and cases.jsonl.
 
     python scripts/fuzz.py --n 10000 --seed 1 --timeout 20 --out /tmp/fuzz1

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from slimdump import cli
 from tests import synthcore as sc
 from tests.conftest import real_vmcore, slimdump, tool
-from tests.oracles import libkdumpfile_view, readelf_loads
+from tests.oracles import eu_readelf_notes, libkdumpfile_view, readelf_loads
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -146,24 +148,81 @@ def test_hostile_note_size(tmp_path: Path) -> None:
     assert "error" not in got and got["pages"] == want["pages"]
 
 
-def test_truncated_inside_data_saves_the_rest(tmp_path: Path) -> None:
-    """A core cut inside its last page: the pages it holds are saved, the
-    cut one is missing in the dump (libkdumpfile says so), not zeros."""
+def test_first_note_damaged_keeps_no_note_of_it(tmp_path: Path) -> None:
+    """The first note's size runs past its segment, so no note is sound:
+    the dumps hold none of the damaged segment's bytes (elfutils reads the
+    ELF dump's note segment without a complaint, and finds it empty: -E
+    copies the vmcore's notes, none here), and slimdump reads its own
+    output back."""
+    data = bytearray(sc.sample_x86_64_core())
+    struct.pack_into("<I", data, 4096 + 4, 0xFFFFFFF0)   # first note's descsz
+    path = tmp_path / "hostile"
+    path.write_bytes(data)
+    for fmt in ("-E", "-c"):
+        out = tmp_path / f"out{fmt}"
+        res = slimdump("capture", "--no-triage", fmt, "-d", "0", path, out)
+        assert res.returncode == 0, res.stderr
+        assert slimdump("inspect", out).returncode == 0
+    res = subprocess.run([tool("eu-readelf"), "-n", tmp_path / "out-E"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and not res.stderr, res.stderr
+    assert eu_readelf_notes(tmp_path / "out-E") == []
+
+
+@pytest.mark.parametrize("cut_bytes", [100, 2 * 4096 + 100])
+def test_truncated_inside_data_saves_the_rest(tmp_path: Path, cut_bytes: int) -> None:
+    """A core cut inside its last page, or two pages and a bit before its
+    end: the pages it holds are saved, the cut ones are missing in the dump
+    (libkdumpfile says so), not zeros."""
     data = sc.sample_x86_64_core()
     whole, path = tmp_path / "whole", tmp_path / "cut"
     whole.write_bytes(data)
-    path.write_bytes(data[:-100])
+    path.write_bytes(data[:-cut_bytes])
     res = slimdump("capture", "-d", "0", path, tmp_path / "out")
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    assert f"1 page(s) could not be read from {path}" in res.stderr
     got, full = libkdumpfile_view(tmp_path / "out"), libkdumpfile_view(whole)
     assert "error" not in got and "error" not in full, (got, full)
-    # the page whose bytes the cut file no longer holds in full (readelf -l)
+    # the pages whose bytes the cut file no longer holds in full (readelf -l)
     (last,) = [ld for ld in readelf_loads(whole) if ld.offset + ld.filesz == len(data)]
-    cut = (last.paddr + last.filesz - 1) // 4096
-    assert cut in full["pages"] and cut not in got["pages"]    # not in the dump's pagemap
-    assert got["pages"] == {pfn: h for pfn, h in full["pages"].items() if pfn != cut}
+    end = len(data) - cut_bytes                       # file offset where the cut is
+    cut = set(range((last.paddr + end - last.offset) // 4096,
+                    -(-(last.paddr + last.filesz) // 4096)))
+    assert len(cut) == -(-cut_bytes // 4096)
+    assert f"{len(cut)} page(s) could not be read from {path}" in res.stderr
+    assert cut <= set(full["pages"]) and not cut & set(got["pages"])    # not in the pagemap
+    assert got["pages"] == {pfn: h for pfn, h in full["pages"].items() if pfn not in cut}
+
+
+def test_headers_claiming_a_terabyte_past_the_end(tmp_path: Path) -> None:
+    """A real vmcore cut to its headers, one PT_LOAD grown to 1 TiB: none
+    of the 2^28 pages it claims is in the file.  The complete dump asked
+    for (the kernel's note says machine check; --full) is saved in seconds,
+    not after trying 2^28 reads one by one, every page the program headers
+    (readelf) place in memory counted lost, none written."""
+    src = tmp_path / "headers"
+    src.write_bytes(header_region("6.1-mce", tmp_path))
+    data = bytearray(src.read_bytes())
+    ram = max(readelf_loads(src), key=lambda ld: ld.memsz)
+    index = readelf_loads(src).index(ram) + 1                  # the PT_NOTE is first
+    struct.pack_into("<QQ", data, 64 + 56 * index + 32, 1 << 40, 1 << 40)
+    src.write_bytes(data)
+    loads = readelf_loads(src)
+    big = next(ld for ld in loads if ld.memsz == 1 << 40)
+    lo, hi = big.paddr // 4096, -(-(big.paddr + big.memsz) // 4096)
+    small = {pfn for ld in loads if ld is not big
+             for pfn in range(ld.paddr // 4096, -(-(ld.paddr + ld.memsz) // 4096))
+             if not lo <= pfn < hi}
+    out = tmp_path / "out"
+    # page by page this takes an hour: 60 s is a failure, not a slow machine
+    res = subprocess.run([sys.executable, "-m", "slimdump", "capture", "--full",
+                          "--no-progress", src, out], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    lost = len(small) + hi - lo
+    assert f"{lost} page(s) could not be read from {src}" in res.stderr
+    res = slimdump("inspect", "--json", out)
+    assert json.loads(res.stdout)["slimdump"]["unreadable_pages"]["count"] == lost
 
 
 # -- property-based: mutate the headers and notes of real vmcores ---------------------

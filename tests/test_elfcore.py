@@ -12,6 +12,7 @@ import pytest
 from slimdump.errors import DumpError, NotInDump
 from slimdump.notes import decode_prstatus
 from slimdump.sources import ElfCore, open_dump
+from slimdump.sources.base import subtract_intervals
 from tests import synthcore as sc
 
 VARIANTS = [(True, "<", sc.EM_X86_64), (True, ">", sc.EM_AARCH64),
@@ -100,3 +101,17 @@ def test_truncated_after_notes_still_opens(tmp_path: Path) -> None:
         assert len(core.notes) == 3
         with pytest.raises(DumpError, match="truncated"):
             core.read_phys(sc.SAMPLE_RAM_PADDR, 16)
+
+
+@pytest.mark.parametrize(("intervals", "minus", "want"), [
+    ([(0, 10)], [(2, 3), (5, 7)], [(0, 2), (3, 5), (7, 10)]),
+    ([(0, 10), (20, 30)], [(5, 25)], [(0, 5), (25, 30)]),
+    ([(0, 10)], [], [(0, 10)]),
+    ([(0, 10)], [(0, 10)], []),
+    ([(5, 6)], [(0, 3), (4, 8)], []),
+    ([(0, 4), (6, 9)], [(4, 6)], [(0, 4), (6, 9)]),
+])  # fmt: skip
+def test_subtract_intervals(intervals: list[tuple[int, int]], minus: list[tuple[int, int]],
+                            want: list[tuple[int, int]]) -> None:
+    """Worked by hand: what is left of each [a, b) once ``minus`` is taken out."""
+    assert subtract_intervals(intervals, minus) == want

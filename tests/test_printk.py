@@ -20,9 +20,11 @@ virtual ``0xffffffff81000000 + x`` is physical ``0x1000000 + x``.
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -732,3 +734,22 @@ def test_plain_timestamps_that_are_no_u64() -> None:
     text = f"[{huge}.000000] hostile\n[99999999999.000000] past\n[    1.000000] fine\n"
     assert records_from_text(text) == [(0, f"[{huge}.000000] hostile"),
                                        (0, "[99999999999.000000] past"), (1_000_000_000, "fine")]
+
+
+def test_empty_ring_says_so(tmp_path: Path) -> None:
+    """A ring that holds no record: the log written is empty, as
+    makedumpfile's is, and both dmesg commands say so in one warning line
+    naming the file (a crashed kernel always logged something)."""
+    image = lockless_image([], bytes(256), count_bits=2, size_bits=8, tail=0, head=0)
+    path = write(tmp_path, lockless_core(image))
+    assert makedumpfile_dmesg(path) == b""
+    for cmd in (["slimdump", "dmesg"], ["slimdump-makedumpfile", "--dump-dmesg"]):
+        out = tmp_path / f"{cmd[0]}.log"
+        res = subprocess.run([*cmd, str(path), str(out)], capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
+                                                      f"{os.environ['PATH']}"})
+        assert res.returncode == 0, res.stderr
+        assert out.read_bytes() == b""
+        warned = [ln for ln in res.stderr.splitlines() if "log is empty" in ln]
+        assert warned == [f"{cmd[0]}: warning: {path}: the kernel log is empty (its log "
+                          "buffer holds no record)"], res.stderr

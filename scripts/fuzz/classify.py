@@ -43,7 +43,10 @@ def classify(reply: dict[str, Any], stderr: str, dst_dir: str, dst: str | None,
         out["line"] = f"{leftover}; stderr: {last[:200]}"
     elif code == 0:
         written = dst if dst else stdout_path
-        out["class"] = "ok" if os.path.exists(written) and os.path.getsize(written) else "EMPTY"
+        wrote = os.path.exists(written) and os.path.getsize(written)
+        # nothing written is fine only when a warning says why (an empty log)
+        said = any(ln.startswith("slimdump: warning: ") and " is empty " in ln for ln in lines)
+        out["class"] = "ok" if wrote or said else "EMPTY"
     elif code == 1 and last.startswith("slimdump: ") and (
             not files or any(f"{f}:" in last for f in files)):
         out["class"] = "refused"

@@ -128,17 +128,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_dmesg(args: argparse.Namespace) -> int:
-    from slimdump.kernel.log import extract_dmesg
+    from slimdump.kernel.log import empty_log_warning, extract_dmesg
 
     args.src, args.dst = _sources_and_dst(args.paths)
     with open_dump(args.src) as source:
         text = extract_dmesg(source, args.format)
         read = source.bytes_read
+    src = args.src if isinstance(args.src, str) else " ".join(args.src)
+    if not text:
+        print(f"slimdump: {empty_log_warning(src)}", file=sys.stderr)
     if args.dst:
         with AtomicOutput(args.dst, overwrite=args.force) as out:
             out.write(text, 0)
             out.commit()
-        src = args.src if isinstance(args.src, str) else " ".join(args.src)
         print(f"slimdump: wrote the kernel log to {args.dst} ({human_size(len(text))}); read "
               f"{human_size(read)} of {src}", file=sys.stderr)
     else:

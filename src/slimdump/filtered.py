@@ -18,7 +18,7 @@ from functools import cached_property
 
 from slimdump.bitmap import PfnBitmap, is_zero
 from slimdump.elf import Note, frame_notes
-from slimdump.errors import DumpError, OutputError
+from slimdump.errors import DumpError, OutputError, SourceReadError
 from slimdump.kernel.dump_level import DL_ZERO, ExclusionCounts, PageClassifier
 from slimdump.kernel.header_facts import crash_time, kdump_phys_base, read_utsname
 from slimdump.kernel.memory import KernelMemory
@@ -68,6 +68,10 @@ class PageSelection:
     partial: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
     #: the source's segments that the bitmaps cover (none past 52 bits)
     segments: list[Segment] = field(default_factory=list)
+    #: pages left out because the file ends before them (inclusive pfn
+    #: ranges, and how many): lost, as pages that fail to read are
+    past_end: list[list[int]] = field(default_factory=list)
+    past_end_count: int = 0
 
     @cached_property
     def dumpable_pages(self) -> int:
@@ -122,14 +126,20 @@ def select_pages(source: DumpSource, dump_level: int,
     # space (52 bits on x86_64 and arm64); a segment beyond it is
     # corruption, not a reason to walk petabytes of map: it is left out,
     # and the memory below it saved
-    segments = [seg for seg in source.segments
-                if not seg.usable or seg.phys_end <= 1 << MAX_PHYSMEM_BITS]
-    for seg in source.segments:
-        if seg not in segments:
+    # a file cut short: the memory map is what it holds (a core cut to its
+    # headers that claims terabytes is not walked); the pages past its end
+    # are lost, counted here a range at a time, never read one by one
+    segments: list[Segment] = []
+    for seg, held in zip(source.segments, source.segments_in_file, strict=True):
+        if seg.usable and seg.phys_end > 1 << MAX_PHYSMEM_BITS:
             warnings.append(f"a PT_LOAD at physical {seg.phys_start:#x} "
                             f"({seg.phys_end - seg.phys_start} bytes) lies beyond a "
                             f"{MAX_PHYSMEM_BITS}-bit physical address space: left out of "
                             "the dump")
+        else:
+            segments.append(held)
+    past_end = [(a, b) for a, b in source.pages_past_end(page_size)
+                if b * page_size <= 1 << MAX_PHYSMEM_BITS]
     nr = max(1, max_mapnr(segments, page_size))
     reach = nr * page_size
     # a kernel's own MAX_PHYSMEM_BITS smaller than the map it left is the
@@ -148,7 +158,9 @@ def select_pages(source: DumpSource, dump_level: int,
     selection = PageSelection(bitmap1, bitmap2, nr, page_size, warnings=warnings,
                               partial=[(pfn, held) for pfn, held
                                        in partial_pages(source.extents, page_size) if pfn < nr],
-                              segments=segments)
+                              segments=segments,
+                              past_end=[[a, b - 1] for a, b in past_end],
+                              past_end_count=sum(b - a for a, b in past_end))
     try:
         _classify_into(source, info, dump_level, selection)
         for pfn in exclude_pfns:
@@ -269,6 +281,9 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
         notes += frame_notes(extra_notes, source.header.endian)
     read_pages = page_reader(source, selection.page_size)
     total = selection.dumpable_pages
+    if selection.past_end_count and (options.format == ELF or options.split):
+        raise SourceReadError(source.path, f"truncated: {selection.past_end_count} page(s) "
+                                           f"lie past the end of the file ({source.size} bytes)")
     if options.format == ELF:
         from slimdump.writers.elf_filtered import write_filtered_elf
 
@@ -329,6 +344,12 @@ def write_dump(source: DumpSource, dst: str | None, options: DumpOptions,
             incomplete.update(pages_written=writer.pages_written,
                               pages_missing=total - writer.pages_written - result.lost_pages,
                               error=exc.problem)
+        # the pages past the end of the file are lost too, left out before
+        if selection.past_end_count:
+            result.lost_pages += selection.past_end_count
+            result.lost_ranges = _merge_ranges(selection.past_end + result.lost_ranges)
+            result.lost_error = result.lost_error or (
+                f"{source.path}: the file ends at {source.size:#x}")
         if result.lost_pages or incomplete:
             additions: dict[str, Any] = {}
             if result.lost_pages:

@@ -64,7 +64,7 @@ def run(args: MdfArgs, argv: Sequence[str], *, written: Callable[[], int],
         if args.reassemble:
             return _reassemble(args, note)
         if args.dump_dmesg:
-            return _dump_dmesg(args, note)
+            return _dump_dmesg(args, note, error)
     except DumpError as exc:
         error(str(exc))
         return EXIT_FAILED
@@ -99,9 +99,9 @@ def _reassemble(args: MdfArgs, note: Say) -> int:
     return EXIT_OK
 
 
-def _dump_dmesg(args: MdfArgs, note: Say) -> int:
+def _dump_dmesg(args: MdfArgs, note: Say, error: Say) -> int:
     """--dump-dmesg VMCORE LOGFILE: the log as makedumpfile writes it."""
-    from slimdump.kernel.log import extract_dmesg
+    from slimdump.kernel.log import empty_log_warning, extract_dmesg
 
     if args.flat:
         raise DumpError(None, "--dump-dmesg -F (the log as a flattened stream) is not "
@@ -110,6 +110,8 @@ def _dump_dmesg(args: MdfArgs, note: Say) -> int:
     with open_dump(src) as source:
         text = extract_dmesg(source, "makedumpfile")
         read = source.bytes_read
+    if not text:
+        error(empty_log_warning(src))
     with AtomicOutput(dst, overwrite=args.force) as out:
         out.write(text, 0)
         out.commit()

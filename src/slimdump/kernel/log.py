@@ -64,6 +64,13 @@ def extract_dmesg(source: DumpSource, fmt: str = "makedumpfile") -> bytes:
     return render_makedumpfile(log, machine=source.header.e_machine)
 
 
+def empty_log_warning(src: object) -> str:
+    """What to say when :func:`extract_dmesg` gave no byte: the ring's
+    metadata says it holds no record (or the log note is empty), which is
+    what the data says, but a crashed kernel always logged something."""
+    return f"warning: {src}: the kernel log is empty (its log buffer holds no record)"
+
+
 def _log_note(source: DumpSource) -> bytes | None:
     """The text of the source's SLIMDUMP log note (makedumpfile's format),
     when it has one and holds no memory to read the log from."""

@@ -55,6 +55,16 @@ class Segment:
         """Describes physical memory: a real p_paddr and some p_memsz."""
         return self.phys_start != NOT_PADDR and self.mem_size > 0
 
+    def within_file(self, file_size: int) -> Segment:
+        """This segment as a file of ``file_size`` bytes holds it: a core cut
+        short holds no memory its headers place past its end (nor the
+        declared-only tail after that)."""
+        if not self.file_size or self.file_offset + min(self.file_size,
+                                                        self.mem_size) <= file_size:
+            return self
+        held = max(0, min(self.file_size, file_size - self.file_offset))
+        return Segment(self.phys_start, self.virt_start, held, self.file_offset, held)
+
 
 @record(frozen=True)
 class Extent:
@@ -143,6 +153,25 @@ def page_intervals(extents: Sequence[Extent], page_size: int) -> list[tuple[int,
     return out
 
 
+def subtract_intervals(intervals: Sequence[tuple[int, int]],
+                       minus: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``intervals`` less ``minus`` (both sorted, non-overlapping [a, b))."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for a, b in intervals:
+        while j < len(minus) and minus[j][1] <= a:
+            j += 1
+        k = j
+        while a < b and k < len(minus) and minus[k][0] < b:
+            if minus[k][0] > a:
+                out.append((a, minus[k][0]))
+            a = max(a, minus[k][1])
+            k += 1
+        if a < b:
+            out.append((a, b))
+    return out
+
+
 def partial_pages(extents: Sequence[Extent], page_size: int
                   ) -> list[tuple[int, list[tuple[int, int]]]]:
     """``[(pfn, [(lo, hi), ...])]``: the pages :func:`page_intervals` counts
@@ -210,6 +239,18 @@ class DumpSource:
     @property
     def extents(self) -> list[Extent]:
         return self.extent_map.extents
+
+    @property
+    def segments_in_file(self) -> list[Segment]:
+        """:attr:`segments` cut where the file ends (:meth:`pages_past_end`):
+        what a memory map of this file can hold."""
+        return self.segments
+
+    def pages_past_end(self, page_size: int) -> list[tuple[int, int]]:
+        """Pfn intervals [a, b) of pages the headers place wholly past the end
+        of a file cut short: none of their bytes can be read.  Formats that
+        locate each page by its own descriptor have none."""
+        return []
 
     def read_phys(self, paddr: int, size: int) -> bytes:
         raise NotImplementedError

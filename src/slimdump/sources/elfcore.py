@@ -23,7 +23,13 @@ from slimdump.elf import (
     parse_notes_prefix,
 )
 from slimdump.errors import DumpError, NotInDump
-from slimdump.sources.base import DumpSource, Segment
+from slimdump.sources.base import (
+    DumpSource,
+    Segment,
+    page_intervals,
+    resolve_extents,
+    subtract_intervals,
+)
 from slimdump.sources.rawfile import RawFile
 
 _ET_NAMES = {0: "no file type", 1: "relocatable object", 2: "executable",
@@ -167,6 +173,33 @@ class ElfCore(DumpSource):
         """Shorter than the headers promise, or (a flattened -E stream) cut
         before its end marker."""
         return super().truncated or not getattr(self.raw, "complete", True)
+
+    @property
+    def segments_in_file(self) -> list[Segment]:
+        if not self.truncated:
+            return self.segments
+        return [seg.within_file(self.size) for seg in self.segments]
+
+    def pages_past_end(self, page_size: int) -> list[tuple[int, int]]:
+        """The pages holding bytes of file-backed extents past the end of the
+        file, less any page of :attr:`segments_in_file` (a page that holds
+        some bytes before the end is read, and fails, as a page lost alone)."""
+        if not self.truncated:
+            return []
+        out: list[tuple[int, int]] = []
+        for ext in self.extents:
+            if not ext.in_file:
+                continue
+            cut = ext.phys_start + max(0, self.size - ext.file_offset)
+            if cut >= ext.phys_end:
+                continue
+            a, b = cut // page_size, -(-ext.phys_end // page_size)
+            if out and out[-1][1] >= a:
+                out[-1] = (out[-1][0], max(b, out[-1][1]))
+            else:
+                out.append((a, b))
+        held = page_intervals(resolve_extents(self.segments_in_file), page_size)
+        return subtract_intervals(out, held)
 
     def read_phys(self, paddr: int, size: int) -> bytes:
         """Read physical memory as :func:`~slimdump.sources.base.resolve_extents`

@@ -11,6 +11,7 @@ final size by the caller so that a trailing hole exists.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from collections.abc import Callable, Iterator
 
@@ -19,9 +20,20 @@ from slimdump.writers.atomic import WRITEBACK_BYTES, write_back
 
 CHUNK = 8 << 20          # bytes per system call, and per progress update
 ZERO_BLOCK = 1 << 20     # granularity of zero skipping on the read/write path
-_ZEROS = bytes(ZERO_BLOCK)
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF,
                     errno.ENOTSUP, errno.EPERM}
+
+
+@functools.cache
+def _zeros() -> bytes:
+    """ZERO_BLOCK zero bytes, made on first use: a capture that copies no
+    byte range does not carry them (a megabyte of a small crashkernel=)."""
+    return bytes(ZERO_BLOCK)
+
+
+def is_zero_block(block: memoryview) -> bool:
+    """``block`` (at most ZERO_BLOCK bytes) is all zeros."""
+    return block == _zeros()[:len(block)]
 
 
 def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -128,7 +140,7 @@ class RangeCopier:
         view = memoryview(data)
         for at in range(0, len(data), ZERO_BLOCK):
             block = view[at:at + ZERO_BLOCK]
-            if block != _ZEROS[:len(block)]:
+            if not is_zero_block(block):
                 self._pwrite_all(block, dst_off + at)
         return len(data)
 

@@ -16,9 +16,7 @@ from slimdump.progress import Progress
 from slimdump.record import record
 from slimdump.sources.elfcore import ElfCore
 from slimdump.writers.atomic import AtomicOutput
-from slimdump.writers.copy import CHUNK, ZERO_BLOCK, RangeCopier
-
-_ZEROS = bytes(ZERO_BLOCK)
+from slimdump.writers.copy import CHUNK, ZERO_BLOCK, RangeCopier, is_zero_block
 
 
 @record(frozen=True)
@@ -59,7 +57,7 @@ def _copy_by_reads(source: ElfCore, out: AtomicOutput, progress: Callable[[int],
         view = memoryview(data)
         for lo in range(0, len(data), ZERO_BLOCK):
             block = view[lo:lo + ZERO_BLOCK]
-            if block != _ZEROS[:len(block)]:
+            if not is_zero_block(block):
                 out.write(block, at + lo)
                 copied += len(block)
         progress(at + len(data))

@@ -117,9 +117,12 @@ def page_reader(source: DumpSource, page_size: int = 4096) -> PageReader:
 
 def note_area(source: DumpSource) -> bytes:
     """The source's notes as the vmcore's merged PT_NOTE holds them: the raw
-    bytes where the source keeps them, framed again otherwise."""
+    bytes where the source keeps them, framed again otherwise.  A source
+    that sets ``note_area`` (a kdump file's copy, or the sound notes an ELF
+    core salvaged from a damaged segment, possibly none) is taken at its
+    word: its raw segments are never read again."""
     area = getattr(source, "note_area", None)
-    if isinstance(area, bytes) and area:
+    if isinstance(area, bytes):
         return area
     raw = getattr(source, "raw", None)
     segments = getattr(source, "note_segments", None)
