@@ -25,6 +25,7 @@ from slimdump.elf import (
 from slimdump.errors import DumpError, NotInDump
 from slimdump.sources.base import (
     DumpSource,
+    Extent,
     Segment,
     page_intervals,
     resolve_extents,
@@ -186,20 +187,13 @@ class ElfCore(DumpSource):
         some bytes before the end is read, and fails, as a page lost alone)."""
         if not self.truncated:
             return []
-        out: list[tuple[int, int]] = []
+        past: list[Extent] = []
         for ext in self.extents:
-            if not ext.in_file:
-                continue
             cut = ext.phys_start + max(0, self.size - ext.file_offset)
-            if cut >= ext.phys_end:
-                continue
-            a, b = cut // page_size, -(-ext.phys_end // page_size)
-            if out and out[-1][1] >= a:
-                out[-1] = (out[-1][0], max(b, out[-1][1]))
-            else:
-                out.append((a, b))
+            if ext.in_file and cut < ext.phys_end:
+                past.append(Extent(cut, ext.phys_end, ext.file_offset + cut - ext.phys_start))
         held = page_intervals(resolve_extents(self.segments_in_file), page_size)
-        return subtract_intervals(out, held)
+        return subtract_intervals(page_intervals(past, page_size), held)
 
     def read_phys(self, paddr: int, size: int) -> bytes:
         """Read physical memory as :func:`~slimdump.sources.base.resolve_extents`
