@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from slimdump.errors import DumpError, NotInDump
+from slimdump.kernel.memmap import declared_within, sections_holding_data
 from slimdump.notes import decode_prstatus
 from slimdump.sources import ElfCore, open_dump
-from slimdump.sources.base import subtract_intervals
+from slimdump.sources.base import Segment, subtract_intervals
 from tests import synthcore as sc
 
 VARIANTS = [(True, "<", sc.EM_X86_64), (True, ">", sc.EM_AARCH64),
@@ -115,3 +116,38 @@ def test_subtract_intervals(intervals: list[tuple[int, int]], minus: list[tuple[
                             want: list[tuple[int, int]]) -> None:
     """Worked by hand: what is left of each [a, b) once ``minus`` is taken out."""
     assert subtract_intervals(intervals, minus) == want
+
+
+K = 0x1000
+
+
+@pytest.mark.parametrize("segments, keep, want, cut", [
+    # a segment holding all it declares is untouched, whatever keep says
+    ([Segment(0, 0, 4 * K, 0x100, 4 * K)], [], [Segment(0, 0, 4 * K, 0x100, 4 * K)], []),
+    # declared tail inside keep: untouched
+    ([Segment(0, 0, 4 * K, 0x100, K)], [(0, 8 * K)], [Segment(0, 0, 4 * K, 0x100, K)], []),
+    # declared tail past keep: held part, then the declared part inside keep
+    ([Segment(0, 0x10, 16 * K, 0x100, K)], [(0, 4 * K)],
+     [Segment(0, 0x10, K, 0x100, K), Segment(K, 0x10 + K, 3 * K, 0, 0)], [12 * K]),
+    # keep with a hole: the declared part splits around it
+    ([Segment(0, 0, 8 * K, 0x100, K)], [(0, 2 * K), (4 * K, 5 * K)],
+     [Segment(0, 0, K, 0x100, K), Segment(K, K, K, 0, 0), Segment(4 * K, 4 * K, K, 0, 0)],
+     [5 * K]),
+    # all declared, none in keep: nothing left of it
+    ([Segment(16 * K, 0, 4 * K, 0, 0)], [(0, 4 * K)], [], [4 * K]),
+])
+def test_declared_within(segments: list[Segment], keep: list[tuple[int, int]],
+                         want: list[Segment], cut: list[int]) -> None:
+    """Worked by hand: the memory a segment only declares (past p_filesz)
+    kept within ``keep``, the bytes it holds in the file untouched."""
+    assert declared_within(segments, keep) == (want, cut)
+
+
+def test_sections_holding_data() -> None:
+    """Worked by hand, 16 KiB sections: those holding a byte of file data,
+    merged; declared-only memory and segments without a p_paddr hold none."""
+    segments = [Segment(0x5000, 0, 0x100000, 0x100, 0x1000),    # holds 0x5000-0x6000
+                Segment(0x13000, 0, 0x2000, 0x2000, 0x2000),     # 0x13000-0x15000
+                Segment(0x40000, 0, 0x1000, 0, 0),               # declared only
+                Segment((1 << 64) - 1, 0, 0x1000, 0x3000, 0x1000)]
+    assert sections_holding_data(segments, 14) == [(0x4000, 0x8000), (0x10000, 0x18000)]

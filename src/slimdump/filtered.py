@@ -21,6 +21,7 @@ from slimdump.elf import Note, frame_notes
 from slimdump.errors import DumpError, OutputError, SourceReadError
 from slimdump.kernel.dump_level import DL_ZERO, ExclusionCounts, PageClassifier
 from slimdump.kernel.header_facts import crash_time, kdump_phys_base, read_utsname
+from slimdump.kernel.memmap import MAX_PHYSMEM_BITS, memory_map
 from slimdump.kernel.memory import KernelMemory
 from slimdump.kernel.physmem import (
     DEFAULT_CYCLE,
@@ -42,9 +43,6 @@ from slimdump.writers.options import ELF, FLAT, DumpOptions, output_path
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     from typing import Any
-
-# The widest physical address space of any architecture slimdump reads.
-MAX_PHYSMEM_BITS = 52
 
 # Pages per -E write cycle: 4 MiB of page data at a time.  (The kdump writer
 # bounds its own memory: TASK_PAGES-page tasks, a few per CPU in flight.)
@@ -119,27 +117,15 @@ def select_pages(source: DumpSource, dump_level: int,
         page_size = (info.valid_page_size(source.path) if info else None) or page_size
     except DumpError as exc:
         warnings.append(f"{exc.problem}; writing pages of {page_size} bytes")
-    # a dump without memory (no usable PT_LOAD) still gets bitmaps of one
-    # pfn, absent: makedumpfile and libkdumpfile take no kdump file with
-    # max_mapnr 0, and the notes (registers, VMCOREINFO) are worth keeping
-    # no real machine's memory map reaches past the widest physical address
-    # space (52 bits on x86_64 and arm64); a segment beyond it is
-    # corruption, not a reason to walk petabytes of map: it is left out,
-    # and the memory below it saved
-    # a file cut short: the memory map is what it holds (a core cut to its
-    # headers that claims terabytes is not walked); the pages past its end
-    # are lost, counted here a range at a time, never read one by one
-    segments: list[Segment] = []
-    for seg, held in zip(source.segments, source.segments_in_file, strict=True):
-        if seg.usable and seg.phys_end > 1 << MAX_PHYSMEM_BITS:
-            warnings.append(f"a PT_LOAD at physical {seg.phys_start:#x} "
-                            f"({seg.phys_end - seg.phys_start} bytes) lies beyond a "
-                            f"{MAX_PHYSMEM_BITS}-bit physical address space: left out of "
-                            "the dump")
-        else:
-            segments.append(held)
-    past_end = [(a, b) for a, b in source.pages_past_end(page_size)
-                if b * page_size <= 1 << MAX_PHYSMEM_BITS]
+    # the map the bitmaps cover (kernel.memmap): nothing past 52 bits, past
+    # the end of a file cut short, or only declared where the kernel had
+    # no memory.  A dump without memory (no usable PT_LOAD) still gets
+    # bitmaps of one pfn, absent: makedumpfile and libkdumpfile take no
+    # kdump file with max_mapnr 0, and the notes (registers, VMCOREINFO)
+    # are worth keeping
+    memmap = memory_map(source, info, page_size)
+    warnings += memmap.warnings
+    segments, past_end = memmap.segments, memmap.past_end
     nr = max(1, max_mapnr(segments, page_size))
     reach = nr * page_size
     # a kernel's own MAX_PHYSMEM_BITS smaller than the map it left is the
