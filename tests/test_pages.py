@@ -295,7 +295,10 @@ def synthetic_core(tmp_path: Path, style: Style, model: str = "sparse",
                      memsz=0x2000000 - 0x1000),
              sc.Load(paddr=0x2100000, vaddr=direct + 0x2100000, data=b"",
                      memsz=0x4000000 - 0x2100000),
-             sc.Load(paddr=0x8000000, vaddr=direct + 0x8000000, data=b"", memsz=0x400000)]
+             # memory without a struct page (no section 1): stored in the file,
+             # since memory a PT_LOAD only declares where the kernel has no
+             # section is no memory at all (kernel.memmap)
+             sc.Load(paddr=0x8000000, vaddr=direct + 0x8000000, data=bytes(0x400000))]
     core = sc.build_core([sc.Note(b"VMCOREINFO", 0, sc.vmcoreinfo(keys))], loads,
                          endian=endian)
     path = tmp_path / f"{style.name}-{model}{'-be' if endian == '>' else ''}.vmcore"
