@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from slimdump.errors import DumpError, NotInDump
-from slimdump.kernel.memmap import declared_within, sections_holding_data
+from slimdump.kernel.memmap import declared_within, kernel_memory, sections_holding_data
+from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.notes import decode_prstatus
 from slimdump.sources import ElfCore, open_dump
 from slimdump.sources.base import Segment, subtract_intervals
@@ -151,3 +152,12 @@ def test_sections_holding_data() -> None:
                 Segment(0x40000, 0, 0x1000, 0, 0),               # declared only
                 Segment((1 << 64) - 1, 0, 0x1000, 0x3000, 0x1000)]
     assert sections_holding_data(segments, 14) == [(0x4000, 0x8000), (0x10000, 0x18000)]
+
+
+def test_kernel_memory_without_memory() -> None:
+    """No PT_LOAD with a physical address: no sections are looked for (the
+    source is never read) and the answer is "unknown", not an exception."""
+    info = VmcoreInfo.parse("PAGESIZE=4096\nSYMBOL(mem_section)=ffffffff82000000\n")
+    unusable = [Segment((1 << 64) - 1, 0, 0x1000, 0x1000, 0x1000)]
+    assert kernel_memory(None, info, unusable, 4096) is None  # type: ignore[arg-type]
+    assert kernel_memory(None, info, [], 4096) is None  # type: ignore[arg-type]

@@ -82,9 +82,9 @@ def kernel_memory(source: DumpSource, info: VmcoreInfo | None, segments: Sequenc
     """Physical byte intervals [a, b) of the crashed kernel's present memory
     sections (SPARSEMEM's ``mem_section``), sorted and merged; None when
     they cannot be read (FLATMEM has no sections; VMCOREINFO may lack them)."""
-    if info is None:
-        return None
     ends = [s.phys_end for s in segments if s.usable]
+    if info is None or not ends:
+        return None
     try:
         model, ranges = mem_map_ranges(KernelMemory(source, info), -(-max(ends) // page_size))
     except DumpError:
