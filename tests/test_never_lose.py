@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -200,7 +201,13 @@ def test_enospc_even_for_the_smallest_dump(tmp_path: Path) -> None:
         assert listing(disk) == ["dump", "dump.triage"]
         check_triage(disk / "dump.triage", "6.1-sysrq")
         assert kdump_header(disk / "dump")["status"] & DUMP_DH_COMPRESSED_INCOMPLETE
-        cut = libkdumpfile_view(disk / "dump")
+        # read from a copy, as a user copies a dump off a full disk: the
+        # descriptors never written are a hole (zeros: "page lost"), and
+        # libkdumpfile mmaps the file; on a full tmpfs a read fault on a
+        # hole needs a page the tmpfs cannot give, and the reader dies of
+        # SIGBUS (seen with a 6.1-sysrq fixture that left 188 KiB free)
+        shutil.copyfile(disk / "dump", tmp_path / "dump")
+    cut = libkdumpfile_view(tmp_path / "dump")
     assert "error" not in cut, cut
     full = libkdumpfile_view(src)
     assert cut["pages"], "nothing readable in the incomplete dump"
