@@ -23,10 +23,11 @@ from collections.abc import Sequence
 
 from slimdump.errors import DumpError
 from slimdump.kernel.memory import KernelMemory
+from slimdump.kernel.physmem import max_mapnr
 from slimdump.kernel.sparsemem import mem_map_ranges
 from slimdump.kernel.vmcoreinfo import VmcoreInfo
 from slimdump.record import field, record
-from slimdump.sources.base import DumpSource, Segment, subtract_intervals
+from slimdump.sources.base import DumpSource, Segment, merge_intervals, subtract_intervals
 
 #: the widest physical address space of any architecture slimdump reads
 #: (x86_64 with 5-level paging, arm64 with 52-bit PAs)
@@ -82,37 +83,25 @@ def kernel_memory(source: DumpSource, info: VmcoreInfo | None, segments: Sequenc
     """Physical byte intervals [a, b) of the crashed kernel's present memory
     sections (SPARSEMEM's ``mem_section``), sorted and merged; None when
     they cannot be read (FLATMEM has no sections; VMCOREINFO may lack them)."""
-    ends = [s.phys_end for s in segments if s.usable]
-    if info is None or not ends:
+    nr = max_mapnr(segments, page_size)
+    if info is None or not nr:
         return None
     try:
-        model, ranges = mem_map_ranges(KernelMemory(source, info), -(-max(ends) // page_size))
+        model, ranges = mem_map_ranges(KernelMemory(source, info), nr)
     except DumpError:
         return None
     if model != "sparsemem":
         return None
-    out: list[tuple[int, int]] = []
-    for first, end, _base in ranges:
-        if out and first * page_size <= out[-1][1]:
-            out[-1] = (out[-1][0], end * page_size)
-        else:
-            out.append((first * page_size, end * page_size))
-    return out
+    return merge_intervals((first * page_size, end * page_size) for first, end, _ in ranges)
 
 
 def sections_holding_data(segments: Sequence[Segment], bits: int) -> list[tuple[int, int]]:
     """Physical byte intervals [a, b) of the 2^bits-byte sections that hold
     any byte of the segments' file data, sorted and merged."""
     size = 1 << bits
-    out: list[tuple[int, int]] = []
-    for a, b in sorted((s.phys_start, s.phys_start + min(s.file_size, s.mem_size))
-                       for s in segments if s.usable and min(s.file_size, s.mem_size) > 0):
-        a, b = a // size * size, -(-b // size) * size
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(b, out[-1][1]))
-        else:
-            out.append((a, b))
-    return out
+    return merge_intervals(
+        (s.phys_start // size * size, -(-(s.phys_start + held) // size) * size)
+        for s in segments if s.usable and (held := min(s.file_size, s.mem_size)) > 0)
 
 
 def declared_within(segments: Sequence[Segment], keep: Sequence[tuple[int, int]]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from slimdump.sources.base import Segment, page_intervals, resolve_extents
+from slimdump.sources.base import Segment, merge_intervals, page_intervals, resolve_extents
 
 #: pfns per cycle for callers that do not choose one (1 GiB of 4 KiB pages)
 DEFAULT_CYCLE = 1 << 18
@@ -64,16 +64,8 @@ def walked_intervals(segments: Sequence[Segment], page_size: int) -> list[tuple[
 
 def clip(intervals: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
     """``intervals`` cut to [start, end), sorted and merged."""
-    cut = sorted((max(a, start), min(b, end)) for a, b in intervals
-                 if max(a, start) < min(b, end))
-    out: list[tuple[int, int]] = []
-    for a, b in cut:
-        if out and a <= out[-1][1]:
-            if b > out[-1][1]:
-                out[-1] = (out[-1][0], b)
-        else:
-            out.append((a, b))
-    return out
+    return merge_intervals((max(a, start), min(b, end)) for a, b in intervals
+                           if max(a, start) < min(b, end))
 
 
 def pack_intervals(intervals: Sequence[tuple[int, int]], start: int, end: int) -> bytes:

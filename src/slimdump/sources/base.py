@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from itertools import pairwise
 
@@ -139,18 +139,25 @@ def merged_ranges(extents: Sequence[Extent]) -> list[tuple[int, int]]:
     return out
 
 
+def merge_intervals(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``intervals`` ([a, b), any order) sorted, the overlapping and
+    adjacent ones merged."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
 def page_intervals(extents: Sequence[Extent], page_size: int) -> list[tuple[int, int]]:
     """Pfn intervals [a, b) of the pages holding any byte of ``extents``,
     sorted and merged: a page only partly covered (a segment that ends or
     starts mid-page) is a page of the dump, its other bytes zeros."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in merged_ranges(extents):
-        a, b = lo // page_size, -(-hi // page_size)
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(b, out[-1][1]))
-        else:
-            out.append((a, b))
-    return out
+    return merge_intervals((lo // page_size, -(-hi // page_size))
+                           for lo, hi in merged_ranges(extents))
 
 
 def subtract_intervals(intervals: Sequence[tuple[int, int]],
