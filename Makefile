@@ -25,12 +25,12 @@ apt:
 	    --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c \
+$(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c src/slimdump/sources/_mapcopy.c \
           src/slimdump/kernel/_pageclass.c src/slimdump/kernel/pageclass_rules.h | apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	@$(PY) -c 'import slimdump.writers._pagepack, slimdump.kernel._pageclass' 2>/dev/null || { \
+	@$(PY) -c 'import slimdump.writers._pagepack, slimdump.kernel._pageclass, slimdump.sources._mapcopy' 2>/dev/null || { \
 	  echo "setup: the C extensions did not build (gcc, liblzo2-dev, zlib1g-dev, Python.h?)"; \
 	  exit 1; }
 	touch $(STAMP)

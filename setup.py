@@ -6,6 +6,8 @@ without it, capture keeps every page and says so).  ``slimdump.writers._pagepack
 zero-tests and compresses pages (zlib, LZO) without the GIL; it is optional:
 without liblzo2's headers the build goes on without it and the writers use
 their Python path, which writes the same bytes, only slower.
+``slimdump.sources._mapcopy`` copies out of mmap() windows of the source and
+survives SIGBUS; without it, sources are read with pread() only.
 """
 
 from setuptools import Extension, setup
@@ -15,5 +17,7 @@ setup(ext_modules=[
               libraries=["lzo2", "z"], extra_compile_args=["-O2"], optional=True),
     Extension("slimdump.kernel._pageclass", ["src/slimdump/kernel/_pageclass.c"],
               depends=["src/slimdump/kernel/pageclass_rules.h"],
+              extra_compile_args=["-O2"]),
+    Extension("slimdump.sources._mapcopy", ["src/slimdump/sources/_mapcopy.c"],
               extra_compile_args=["-O2"]),
 ])

@@ -66,12 +66,31 @@ def test_slim_capture_of_mce_in_capture_kernel(tmp_path: Path) -> None:
     assert int(err["addr"], 16) == vmcorelab.MCE_ADDR
 
 
+# /proc/vmcore read through a mapping and with pread(), the same bytes:
+# prints how many windows were mapped, then whether the reads agreed
+MAPPED_READ = """
+from slimdump.sources import open_dump
+with open_dump("/proc/vmcore") as s:
+    start = max(s.extents, key=lambda e: e.phys_end - e.phys_start).file_offset
+    view = memoryview(bytearray(8 << 20))
+    s.raw.read_into(start, view)
+    print(s.raw.mapped.maps if s.raw.mapped else 0, bytes(view) == s.raw.read_at(start, len(view)))
+"""
+
+
 def test_filtered_capture_and_dmesg_of_sysrq_in_capture_kernel(tmp_path: Path) -> None:
+    """The default (mmap() windows of /proc/vmcore) and --non-mmap write the
+    same file; the mapping is really used there and reads what read() does."""
     script = ("python -m slimdump capture -l {vmcore} {out}/dump && "
+              "python -m slimdump capture --non-mmap -l {vmcore} {out}/dump-non-mmap && "
+              f"python -c '{MAPPED_READ}' > {{out}}/mapped && "
               "python -m slimdump dmesg {vmcore} {out}/dmesg.txt")
     collect("sysrq", ["sh", "-c", script], tmp_path)
     dump, dmesg = tmp_path / "dump", tmp_path / "dmesg.txt"
     assert dump.read_bytes()[:8] == b"KDUMP   "
+    assert dump.read_bytes() == (tmp_path / "dump-non-mmap").read_bytes()
+    maps, equal = (tmp_path / "mapped").read_text().split()
+    assert int(maps) >= 2 and equal == "True"
 
     drgn = require_module("drgn")
     prog = drgn.Program()

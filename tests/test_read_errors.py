@@ -1,7 +1,7 @@
 """Pages the source cannot give are lost, never zeros (issue 13).
 
 A read error under a page (EIO on chosen file offsets, put in through
-:class:`FailingRaw`, the one seam: ``RawFile._pread``/``_preadv``), a
+:class:`FailingRaw`, the one seam: ``RawFile._pread``/``_preadv``/``_copy_mapped``), a
 kdump-compressed source cut short, and a disk that fills up while the page
 data are written.  Every outcome is read back by independent readers:
 libkdumpfile (Debian's python3-libkdumpfile, tests/kdumpfile_oracle.py),
@@ -59,6 +59,11 @@ class FailingRaw(RawFile):
     def _preadv(self, buf: memoryview, offset: int) -> int:
         self._fail(offset, len(buf))
         return super()._preadv(buf, offset)
+
+    def _copy_mapped(self, buf: memoryview, offset: int) -> int | None:
+        if self.mapped is not None:
+            self._fail(offset, len(buf))
+        return super()._copy_mapped(buf, offset)
 
 
 def failing(path: Path, bad: list[tuple[int, int]]) -> Any:

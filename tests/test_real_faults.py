@@ -123,6 +123,11 @@ def pages_read_before_copy(src: Path, nbits: int, loads: list[Load]) -> np.ndarr
             spans.append((offset, offset + len(buf)))
             return super()._preadv(buf, offset)
 
+        def _copy_mapped(self, buf: memoryview, offset: int) -> int | None:
+            if self.mapped is not None:
+                spans.append((offset, offset + len(buf)))
+            return super()._copy_mapped(buf, offset)
+
     with open_dump(src) as source:
         source.raw.__class__ = Recording
         decide_safely(source, None, want_log=True)

@@ -50,7 +50,8 @@ DIST_PACKAGES = "usr/lib/python3/dist-packages"
 # "slimdump setup kdump-tools" links /usr/bin/makedumpfile to it
 REQUIRED_SCRIPTS = {"slimdump": "slimdump.cli:main",
                     "slimdump-makedumpfile": "slimdump.makedumpfile_cli:main"}
-EXTENSIONS = ("slimdump/writers/_pagepack", "slimdump/kernel/_pageclass")
+EXTENSIONS = ("slimdump/writers/_pagepack", "slimdump/kernel/_pageclass",
+              "slimdump/sources/_mapcopy")
 
 
 class BuildError(Exception):

@@ -7,14 +7,13 @@ one line on stderr naming the file and the problem, never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from slimdump.cliargs import build_parser
-from slimdump.errors import DumpError, Terminated, describe
+from slimdump.errors import DumpError, Terminated, describe, unwinding_signals
 from slimdump.notes import NoCoreDump, find_nocoredump
 from slimdump.policy import Policy
 from slimdump.progress import human_size
@@ -83,7 +82,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     triage = None if args.no_triage else args.triage or TRIAGE_BESIDE
     result = capture(args.src, args.dst, full=args.full, overwrite=args.force,
                      progress=False if args.no_progress else None, policy=policy,
-                     dump_dmesg=args.dump_dmesg, options=options, triage=triage)
+                     dump_dmesg=args.dump_dmesg, options=options, triage=triage,
+                     use_mmap=not args.non_mmap)
     from slimdump.capture import summary_lines
 
     for line in summary_lines(result, policy.source, args.src):
@@ -197,29 +197,6 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 COMMANDS = {"capture": cmd_capture, "mark": cmd_mark, "dmesg": cmd_dmesg,
             "reassemble": cmd_reassemble, "inspect": cmd_inspect, "setup": cmd_setup}
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def unwinding_signals() -> Iterator[None]:
-    """SIGTERM (a service stopped, a watchdog) and SIGHUP unwind like Ctrl-C
-    while the block runs: every temporary file is removed, nothing stands
-    half-written under a final name; what was fsynced before (the triage
-    slimdump) stays.  The previous handlers come back afterwards."""
-    signums = (signal.SIGTERM, signal.SIGHUP)
-    try:
-        previous = [signal.signal(signum, _terminate) for signum in signums]
-    except ValueError:          # not the main thread: signals stay as they are
-        yield
-        return
-    try:
-        yield
-    finally:
-        for signum, handler in zip(signums, previous, strict=True):
-            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     cap.add_argument("--no-progress", action="store_true",
                      help="no progress bar (shown only on a terminal anyway)")
+    cap.add_argument("--non-mmap", action="store_true",
+                     help="read SRC with read() only, as makedumpfile --non-mmap (default: "
+                          "page data and struct pages are copied from mmap() windows of SRC, "
+                          "which /proc/vmcore serves far faster; a page that faults under the "
+                          "mapping is read again with read(), and lost only if that fails)")
 
     mark = sub.add_parser(
         "mark", help="copy a vmcore adding an NT_NOCOREDUMP note (simulate the kernel side)",

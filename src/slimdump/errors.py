@@ -2,12 +2,17 @@
 
 Every error that reaches the command line is a :class:`DumpError` whose text
 is one line naming the file and the problem; the CLI prints it without a
-traceback and exits 1 (makedumpfile's "failed" status).
+traceback and exits 1 (makedumpfile's "failed" status).  SIGTERM and SIGHUP
+become :class:`Terminated` inside :func:`unwinding_signals`, so that they
+unwind as Ctrl-C does.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class DumpError(Exception):
@@ -46,6 +51,29 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def unwinding_signals() -> Iterator[None]:
+    """SIGTERM (a service stopped, a watchdog) and SIGHUP unwind like Ctrl-C
+    while the block runs: every temporary file is removed, nothing stands
+    half-written under a final name; what was fsynced before (the triage
+    slimdump) stays.  The previous handlers come back afterwards."""
+    signums = (signal.SIGTERM, signal.SIGHUP)
+    try:
+        previous = [signal.signal(signum, _terminate) for signum in signums]
+    except ValueError:          # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in zip(signums, previous, strict=True):
+            signal.signal(signum, handler)
 
 
 def describe(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ DELEGATED = frozenset({
 })
 # Tuning knobs for makedumpfile's own memory use; the file they give is the
 # same, and slimdump sizes its reads itself.
-NO_EFFECT = frozenset({"-b", "--cyclic-buffer", "--non-mmap"})
+NO_EFFECT = frozenset({"-b", "--cyclic-buffer"})
 CODEC_LETTERS = {"-c": "zlib", "-l": "lzo", "-p": "snappy", "-z": "zstd"}
 
 INVALID = "Commandline parameter is invalid."
@@ -77,6 +77,7 @@ class MdfArgs:
     rearrange: bool = False                 # -R
     reassemble: bool = False
     split: bool = False
+    non_mmap: bool = False                  # --non-mmap: read the source with pread()
     help: bool = False
     version: bool = False
     delegated: list[str] = field(default_factory=list)
@@ -172,6 +173,7 @@ def parse(argv: Sequence[str], prog: str = "makedumpfile") -> MdfArgs | Verdict:
             flag = {"-E": "elf", "-F": "flat", "-f": "force", "-D": "debug",
                     "--check-params": "check_params", "--dump-dmesg": "dump_dmesg",
                     "-R": "rearrange", "--reassemble": "reassemble", "--split": "split",
+                    "--non-mmap": "non_mmap",
                     "-h": "help", "--help": "help", "-v": "version"}[opt]
             if flag == "debug":
                 args.message_level |= ML_PRINT_DEBUG

@@ -74,7 +74,8 @@ options (as makedumpfile 1.7.2):
   -R                 rearrange a flattened stream from standard input into DUMPFILE
   --reassemble       join --split files
   --check-params     only check the command line, as makedumpfile does
-  -b ORDER, --cyclic-buffer KB, --non-mmap
+  --non-mmap         read VMCORE with read() instead of through mmap() windows
+  -b ORDER, --cyclic-buffer KB
                      makedumpfile's memory knobs: accepted with a note, they do
                      not change the file (slimdump sizes its reads itself)
   -x, -i, -g, -e, -L, -X, --config, --eppic, --mem-usage, --vtop, --dry-run,
@@ -188,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_params:
         return EXIT_OK
     _watch_stdout()
-    from slimdump.cli import unwinding_signals
+    from slimdump.errors import unwinding_signals
 
     with unwinding_signals():
         return run(args, argv, written=lambda: _CountingStdout.written,

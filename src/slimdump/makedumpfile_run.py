@@ -142,7 +142,8 @@ def _dump(args: MdfArgs, argv: Sequence[str], *, written: Callable[[], int],
         # stream ends up in, when there is one to find
         triage = TRIAGE_BESIDE if dst else _stream_triage()
         result = capture(src, dst, overwrite=args.force, progress=progress, policy=policy,
-                         options=options, work_dir=args.work_dir, triage=triage)
+                         options=options, work_dir=args.work_dir, triage=triage,
+                         use_mmap=not args.non_mmap)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         error(f"stopped by {signal.Signals(signum).name}; nothing was written under the "

@@ -25,9 +25,12 @@ Cache: $SLIMDUMP_LAB_CACHE, default ~/.cache/slimdump-lab.
   vmcores/<fixture>.vmcore.console.log   both kernels' serial console
 A fixture in the cache is never rebuilt unless --force is given.
 
-Time (two host cores, TCG): 20-30 s per 768 MiB dump, about 80 s for the
+Time (two host cores, TCG): 20-30 s per 768 MiB dump, about 80-120 s for the
 4 GiB one, plus a one-off kernel download.  A 768 MiB vmcore is about 650 MB
 apparent, 110-180 MB on disk; the 4 GiB one 4.1 GB apparent, 220 MB on disk.
+The 12 GiB 6.1-sysrq-12g (``bench_only``: bench/scaling.py's; never built by
+``build`` without names nor by CI) takes about 6 minutes: 12.7 GB apparent,
+370 MB on disk, a 12 GiB QEMU guest (about 1 GB resident on the host).
 
 Host needs: qemu-system-x86, busybox-static, kexec-tools, cpio (see ``setup``),
 apt-get and dpkg-deb, and a reachable Debian mirror for the first download of
@@ -148,6 +151,7 @@ class FixtureSpec:
     patched: bool = False  # the series' kernel built by tests/lab/kbuild.py, not Debian's
     kexec: str = "-p"  # how the first kernel loads the capture kernel ("-s -p": kexec_file_load)
     append: str = ""  # extra first-kernel command line
+    bench_only: bool = False  # for benchmarks: never built by ``make test``/CI nor by default
 
 
 FIXTURES: dict[str, FixtureSpec] = {
@@ -162,6 +166,9 @@ FIXTURES: dict[str, FixtureSpec] = {
     "6.1-mce-4g": FixtureSpec("6.1", "mce", mem_mib=4096, crashkernel_mib=256, timeout_s=1800),
     "6.1-sysrq-4g": FixtureSpec("6.1", "sysrq", mem_mib=4096, crashkernel_mib=256,
                                 timeout_s=1800),
+    # bench/scaling.py's largest guest (12 GiB apparent; build it by name)
+    "6.1-sysrq-12g": FixtureSpec("6.1", "sysrq", mem_mib=12288, crashkernel_mib=256,
+                                 timeout_s=3600, bench_only=True),
     # the kernel/patches series, built from Debian's linux-source (tests/lab/kbuild.py)
     "6.1p-mce": FixtureSpec("6.1", "mce", patched=True),
     "6.1p-mce-kexec-file": FixtureSpec("6.1", "mce", patched=True, kexec="-s -p"),
@@ -182,6 +189,9 @@ DEFAULT_FIXTURES: tuple[str, ...] = (
 
 #: the fixtures on the patched kernel (its first build takes about 12 minutes)
 PATCHED_FIXTURES: tuple[str, ...] = tuple(n for n, s in FIXTURES.items() if s.patched)
+
+#: the fixtures only benchmarks use (built on demand, never by the test suite)
+BENCH_FIXTURES: tuple[str, ...] = tuple(n for n, s in FIXTURES.items() if s.bench_only)
 
 Log = Callable[[str], None]
 
@@ -856,7 +866,10 @@ _COLLECT_BLOCK = rf"""if grep -q lab_capture /proc/cmdline; then
   echo "LAB-COLLECT: vmcore $(stat -c %s /proc/vmcore) bytes, $(grep MemFree /proc/meminfo)"
   fail() {{ echo "LAB-COLLECT-SETUP-FAILED $1"; poweroff -f; }}
   mkdir -p /host /upper /newroot
-  mount -t 9p -o {_P9},ro hostroot /host || fail "mount hostroot"
+  # cache=loose: the host's files (Python, makedumpfile, this repo) are read once
+  # and then served from the capture kernel's page cache, as from an initramfs;
+  # with 9p's default (no cache) every start-up reads them over virtio again
+  mount -t 9p -o {_P9},ro,cache=loose hostroot /host || fail "mount hostroot"
   mount -t tmpfs upper /upper && mkdir -p /upper/u /upper/w || fail "tmpfs"
   mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /newroot \
     || fail "overlay"
@@ -879,6 +892,15 @@ fi
 """
 
 COLLECT_INIT = INIT.replace(_CAPTURE_BLOCK, _COLLECT_BLOCK)
+_NR_CPUS_1 = " nr_cpus=1 "
+
+
+def _collect_init(capture_cpus: int) -> str:
+    """COLLECT_INIT with the capture kernel booted with ``nr_cpus=capture_cpus``
+    (the fixtures' INIT keeps nr_cpus=1)."""
+    if COLLECT_INIT.count(_NR_CPUS_1) != 1:
+        raise LabError("INIT's kexec line has no single ' nr_cpus=1 ' to replace")
+    return COLLECT_INIT.replace(_NR_CPUS_1, f" nr_cpus={capture_cpus} ")
 
 _COLLECT_FAIL_MARKERS = {
     b"LAB-COLLECT-SETUP-FAILED": "setting up the chroot in the capture kernel failed",
@@ -919,7 +941,8 @@ def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, 
                   mem_mib: int = DEFAULT_MEM_MIB, cpus: int = DEFAULT_CPUS,
                   timeout_s: int = DEFAULT_TIMEOUT_S, patched: bool = False,
                   kexec: str = "-p", crashkernel_mib: int = COLLECT_CRASHKERNEL_MIB,
-                  modules: Sequence[str] = (), log: Log = eprint) -> CollectorResult:
+                  modules: Sequence[str] = (), capture_cpus: int = 1,
+                  log: Log = eprint) -> CollectorResult:
     """Crash a kernel as the fixtures do, then run ``command`` in the capture kernel.
 
     The capture kernel mounts the host's / read-only over 9p under a tmpfs
@@ -932,9 +955,15 @@ def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, 
     memory reserved for the capture kernel (crashkernel=).  ``modules``: more
     modules the capture kernel loads (with their dependencies) before the
     command runs, e.g. ``dm_mod``, ``dm_flakey``, ``loop`` for real faults.
+    ``capture_cpus``: the capture kernel's ``nr_cpus=`` (1, as the fixtures'
+    and Debian's and Fedora's kdump boot it); the first kernel needs at least
+    that many (``cpus``).
     """
     if mode not in MODES:
         raise LabError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if not 1 <= capture_cpus <= cpus:
+        raise LabError(f"capture_cpus={capture_cpus}: the capture kernel can have 1 to "
+                       f"cpus={cpus} CPUs")
     missing = have_tools()
     if missing:
         raise LabError(f"missing host tools: {', '.join(missing)} "
@@ -954,7 +983,7 @@ def run_collector(series: str, mode: str, command: Sequence[str], outdir: Path, 
     with tempfile.TemporaryDirectory(prefix="vmcorelab-collect-") as tmp:
         work = Path(tmp)
         initrd = build_initramfs(kernel, mode, work, modules=(*COLLECT_MODULES, *modules),
-                                 init_text=COLLECT_INIT,
+                                 init_text=_collect_init(capture_cpus),
                                  extra_files={"collect.sh": _collect_script(command)},
                                  kexec=kexec)
         extra = [
@@ -993,6 +1022,13 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.0f} MB"
 
 
+def _tag(name: str) -> str:
+    """default: built by ``build`` and CI; bench: benchmarks only; extra: by name."""
+    if name in DEFAULT_FIXTURES:
+        return "default"
+    return "bench" if FIXTURES[name].bench_only else "extra"
+
+
 def _cmd_setup(_: argparse.Namespace) -> int:
     setup()
     return 0
@@ -1001,8 +1037,8 @@ def _cmd_setup(_: argparse.Namespace) -> int:
 def _cmd_list(_: argparse.Namespace) -> int:
     print(f"cache: {cache_dir()}")
     for name, spec in FIXTURES.items():
-        tag = "default" if name in DEFAULT_FIXTURES else "extra"
-        shape = f"{spec.series:4} {spec.mode:5} {spec.mem_mib:4} MiB {spec.cpus} cpu"
+        tag = _tag(name)
+        shape = f"{spec.series:4} {spec.mode:5} {spec.mem_mib:5} MiB {spec.cpus} cpu"
         if is_built(name):
             size, used = _sizes(fixture_path(name))
             pkg = metadata(name).get("kernel_package", "?")
@@ -1067,7 +1103,7 @@ def _cmd_collect(a: argparse.Namespace) -> int:
         command = command[1:]
     r = run_collector(a.kernel, a.mode, command, Path(a.out), mem_mib=a.mem, cpus=a.cpus,
                       timeout_s=a.timeout, patched=a.patched,
-                      kexec="-s -p" if a.kexec_file else "-p")
+                      kexec="-s -p" if a.kexec_file else "-p", capture_cpus=a.capture_cpus)
     print(f"exit {r.returncode}, {r.seconds:.0f} s; stdout {r.stdout}, stderr {r.stderr}, "
           f"console {r.console_log}")
     return 0 if r.returncode == 0 else 1
@@ -1076,10 +1112,10 @@ def _cmd_collect(a: argparse.Namespace) -> int:
 def _epilog() -> str:
     rows = ["fixtures (name: kernel series, mode, guest memory, CPUs, crashkernel):"]
     for name, s in FIXTURES.items():
-        tag = "default" if name in DEFAULT_FIXTURES else "extra"
+        tag = _tag(name)
         how = (" patched kernel, kexec " + s.kexec + (f", {s.append}" if s.append else "")
                if s.patched else "")
-        rows.append(f"  {name:23} {s.series:4} {s.mode:5} {s.mem_mib:4} MiB  {s.cpus} CPUs  "
+        rows.append(f"  {name:23} {s.series:4} {s.mode:5} {s.mem_mib:5} MiB  {s.cpus} CPUs  "
                     f"crashkernel={s.crashkernel_mib}M  [{tag}]{how}")
     rows += [
         "",
@@ -1134,6 +1170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MIB")
     c.add_argument("--cpus", type=int, default=DEFAULT_CPUS, metavar="N")
     c.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S, metavar="S")
+    c.add_argument("--capture-cpus", type=int, default=1, metavar="N",
+                   help="boot the capture kernel with nr_cpus=N (default 1; at most --cpus)")
     c.add_argument("--out", required=True, metavar="DIR",
                    help="host directory shared writable as {out}")
     c.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")

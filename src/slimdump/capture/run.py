@@ -77,13 +77,14 @@ def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
             overwrite: bool = False, progress: bool | None = None,
             policy: Policy | None = None, dump_dmesg: bool = False,
             options: DumpOptions | None = None, work_dir: str | None = None,
-            triage: str | None = TRIAGE_BESIDE) -> CaptureResult:
+            triage: str | None = TRIAGE_BESIDE, use_mmap: bool = True) -> CaptureResult:
     """Capture ``src`` (a file, or the parts of a --split set) into ``dst``
     and say what was done.  ``dst`` None or "-" means standard output
     (flattened format only).  With ``options.split`` the normal dump goes to
     those files (``dst`` is the first); a slimdump, one file, goes to ``dst``.
     ``work_dir``: where large page bitmaps go (default: beside ``dst``).
-    ``triage``: see :func:`chosen_triage_path`.
+    ``triage``: see :func:`chosen_triage_path`.  ``use_mmap``: read ``src``
+    through mmap() windows where it can be mapped (False: pread() only).
 
     A lone part of a --split set is refused: a dump written from it would
     miss the other parts' pages (the writer reads absent pages as zeros)."""
@@ -96,7 +97,7 @@ def capture(src: str | Sequence[str], dst: str | None, *, full: bool = False,
             raise DumpError(path, "already exists (use -f to overwrite)")
     removed = [name for directory in {os.path.dirname(os.path.abspath(p)) for p in outputs}
                for name in remove_stale_parts(directory)]
-    with open_dump(src, salvage=True) as source:
+    with open_dump(src, salvage=True, use_mmap=use_mmap) as source:
         lone_part = getattr(source, "split", False) and not getattr(source, "holds_all", True)
         if lone_part:
             raise DumpError(source.path, f"is {source.split_text()}")  # type: ignore[attr-defined]

@@ -33,22 +33,24 @@ _FOREIGN_SIGNATURES = (
 
 
 def open_dump(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
-              salvage: bool = False) -> DumpSource:
+              salvage: bool = False, use_mmap: bool = True) -> DumpSource:
     """Open a dump file of any supported format; DumpError if it is none.
 
     Several paths are the parts of a ``makedumpfile --split`` set, in any
     order: one :class:`~slimdump.sources.split.SplitSource` over them (a
     single path in a list is opened as that file).  ``salvage``: an ELF
     core whose notes are damaged opens with the notes before the damage
-    (capture: the memory is worth saving; :class:`ElfCore`)."""
+    (capture: the memory is worth saving; :class:`ElfCore`).  ``use_mmap``:
+    bulk reads copy from mmap() windows where the file allows it
+    (makedumpfile's default; False: pread() only, its ``--non-mmap``)."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         paths = list(path)
         if len(paths) != 1:
             from slimdump.sources.split import open_split
 
-            return open_split(paths)
+            return open_split(paths, use_mmap=use_mmap)
         path = paths[0]
-    raw = RawFile.open(path)
+    raw = RawFile.open(path, use_mmap=use_mmap)
     try:
         magic = raw.read_at(0, 16, what="file signature", allow_short=True)
         if magic[:4] == b"\x7fELF":

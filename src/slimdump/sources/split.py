@@ -226,14 +226,16 @@ def _difference(a: KdumpFile, b: KdumpFile) -> str | None:
     return None
 
 
-def open_split(paths: Sequence[str | os.PathLike[str]]) -> SplitSource:
-    """Open the parts of a ``--split`` set, in any order, as one dump."""
+def open_split(paths: Sequence[str | os.PathLike[str]], *,
+               use_mmap: bool = True) -> SplitSource:
+    """Open the parts of a ``--split`` set, in any order, as one dump
+    (``use_mmap``: as :func:`~slimdump.sources.open_dump`)."""
     from slimdump.sources import open_dump
 
     parts: list[KdumpFile] = []
     try:
         for path in paths:
-            source = open_dump(path)
+            source = open_dump(path, use_mmap=use_mmap)
             parts.append(source)  # type: ignore[arg-type]  # checked by SplitSource
         return SplitSource(parts)
     except BaseException:
