@@ -141,7 +141,8 @@ def test_contents(deb: Path) -> None:
     so = sorted(p for p in shipped if p.endswith(".so"))
     major, minor = PY_VERSION
     assert [re.sub(r"\.cpython-.*", "", p) for p in so] == [
-        f"/{SITE}/slimdump/kernel/_pageclass", f"/{SITE}/slimdump/writers/_pagepack"]
+        f"/{SITE}/slimdump/kernel/_pageclass", f"/{SITE}/slimdump/sources/_mapcopy",
+        f"/{SITE}/slimdump/writers/_pagepack"]
     assert all(f".cpython-{major}{minor}-" in p for p in so), so
     assert not any("__pycache__" in p or p.endswith((".pyc", ".c")) for p in entries)
 
