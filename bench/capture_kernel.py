@@ -39,6 +39,9 @@ for --runs 5 (makedumpfile's ``-c -d 0`` is half of it), so the default
         [--out bench/results/capture_kernel.md]
 
 ``--options`` and ``--modes`` choose option sets and read modes.
+``--startup`` times only the fixed costs instead (one nr_cpus=1 boot, 5
+alternating runs of ``true``, ``makedumpfile -v``, ``python3 -c pass``,
+``slimdump-makedumpfile -v`` and the imports of slimdump's capture path).
 """
 
 from __future__ import annotations
@@ -116,6 +119,45 @@ while [ $i -lt "$runs" ]; do
   i=$((i + 1))
 done
 """
+
+
+# Runs in the capture kernel: sh -c STARTUP_SCRIPT sh OUT; OUT/t: "label seconds" lines
+STARTUP_COMMANDS = {
+    "true": "true",
+    "makedumpfile -v": "makedumpfile -v",
+    "python3 -c pass": "/usr/bin/python3 -c pass",
+    "slimdump-makedumpfile -v": "/tmp/slimdump-makedumpfile -v",
+    "imports of the capture path": "/usr/bin/python3 -c 'import slimdump.makedumpfile_cli, "
+                                   "slimdump.makedumpfile_run, slimdump.filtered, "
+                                   "slimdump.writers.kdump'",
+}
+STARTUP_SCRIPT = SCRIPT[:SCRIPT.index("i=0")].replace(
+    "out=$1; runs=$2; modes=$3; shift 3", "out=$1") + "".join(
+    ["for i in 1 2 3 4 5; do\n"] + [
+        f"  s=$(now); {cmd} >/dev/null 2>&1; e=$(now); "
+        f"echo \"$e $s {label}\" >> \"$out/t\"\n"
+        for label, cmd in STARTUP_COMMANDS.items()] + ["done\n"])
+
+
+def startup(args: argparse.Namespace) -> str:
+    """The fixed costs in an nr_cpus=1 capture kernel, as a markdown table."""
+    with tempfile.TemporaryDirectory(prefix="bench-ck-", dir=vmcorelab.cache_dir()) as tmp:
+        out = Path(tmp)
+        result = vmcorelab.run_collector(
+            "6.1", "sysrq", ["sh", "-c", STARTUP_SCRIPT.replace("@SLIM_SCRIPT@", SLIM_SCRIPT),
+                             "sh", "{out}"],
+            out, mem_mib=args.mem, crashkernel_mib=args.crashkernel or 512 + args.mem // 8,
+            timeout_s=1200)
+        if result.returncode:
+            sys.exit(f"bench: the capture kernel's script failed ({result.returncode}); "
+                     f"console: {result.console_log}")
+        times: dict[str, list[float]] = {}
+        for line in (out / "t").read_text().splitlines():
+            end, start, label = line.split(" ", 2)
+            times.setdefault(label, []).append(float(end) - float(start))
+    rows = [f"| `{STARTUP_COMMANDS[label]}` | {spread(v)} |" for label, v in times.items()]
+    return "\n".join(["| command (nr_cpus=1, after one untimed capture of each tool) | "
+                      "seconds, median [min-max] |", "| --- | ---: |", *rows]) + "\n"
 
 
 Key = tuple[str, str, str]  # tool (mdf, slim), read mode, options
@@ -246,12 +288,20 @@ def main() -> int:
                         help="option sets, each one argument (default: %(default)s)")
     parser.add_argument("--modes", nargs="+", default=list(READ_MODES), choices=READ_MODES,
                         help="read modes (default: both)")
+    parser.add_argument("--startup", action="store_true",
+                        help="time only the fixed costs (start-up, imports), one nr_cpus=1 boot")
     parser.add_argument("--out", type=Path, metavar="FILE",
                         help="also write the markdown report to FILE (e.g. bench/results/...)")
     args = parser.parse_args()
     if args.runs < 1 or any(n < 1 for n in args.nr_cpus):
         parser.error("--runs and --nr-cpus must be at least 1")
     compileall.compile_dir(ROOT / "src" / "slimdump", quiet=1)   # as installed
+    if args.startup:
+        text = startup(args)
+        print(text, end="")
+        if args.out:
+            args.out.write_text(text)
+        return 0
     boots = {}
     for nr in args.nr_cpus:
         boots[nr] = boot(nr, args)
