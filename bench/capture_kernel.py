@@ -64,7 +64,6 @@ from tests.lab import vmcorelab  # noqa: E402
 
 OPTION_SETS = ("-l -d 31", "-c -d 31", "-c -d 0")
 READ_MODES = ("mmap", "non-mmap")
-TOOLS = {"mdf": "makedumpfile", "slim": "slimdump"}
 MDF_CMD = "makedumpfile [--non-mmap] OPTIONS /proc/vmcore /tmp/x"
 SLIM_CMD = "slimdump-makedumpfile [--non-mmap] OPTIONS /proc/vmcore /tmp/y"
 # slimdump as kdump-tools runs it once `slimdump setup kdump-tools` diverted
