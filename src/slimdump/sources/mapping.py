@@ -45,8 +45,7 @@ class MappedWindows:
         self.fd = fd
         self.size = size
         self.window = window
-        self.usable = _MAPCOPY is not None
-        self.refused = "" if self.usable else "the C module _mapcopy is not built"
+        self.usable = _MAPCOPY is not None      # False: read with pread() instead
         self.maps = 0                          # windows mapped, for a reader who counts
         self._local = threading.local()        # (start, mmap) of this thread's window
         self._open: set[mmap.mmap] = set()
@@ -83,9 +82,8 @@ class MappedWindows:
         length = min(self.window, self.size - start)
         try:
             view = mmap.mmap(self.fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=start)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError):   # refused (or the file shrank): pread() from now on
             self.usable = False
-            self.refused = f"mmap() at offset {start:#x}: {getattr(exc, 'strerror', None) or exc}"
             return None
         with self._lock:
             if current is not None:
