@@ -413,12 +413,17 @@ def test_destination_eio_keeps_the_triage_slimdump(faults: Faults) -> None:
 
 
 def test_dead_destination_one_line(faults: Faults) -> None:
-    """Every write to the device fails: ext4 aborts its journal and goes
-    read-only while the -d 31 dump is written.  Exit 1 with one line naming
-    the destination; nothing under DST; the triage slimdump (elsewhere) is
-    whole.  The temporary file cannot be removed from a read-only file
-    system: the next capture into that directory removes it
-    (remove_stale_parts)."""
+    """Every write to the device fails: ext4 aborts its journal while the
+    -d 31 dump is written.  Exit 1 with one line naming the destination;
+    nothing under DST; the triage slimdump (elsewhere) is whole.  The
+    temporary file cannot be removed from a dead file system: the next
+    capture into that directory removes it (remove_stale_parts).
+
+    ext4's "Remounting filesystem read-only" is not asserted: it comes when
+    ext4 next notices the aborted journal, which may be after the script has
+    unmounted the file system and closed the section (seen in CI on an
+    unchanged tree).  The journal abort and the lost page writes are the
+    kernel's own record that every write failed."""
     name = "dst-dead-d31"
     assert not (faults.dir(name) / "stuck").exists(), faults.text(name, "stuck")
     assert faults.rc(name) == 1, faults.text(name, "stderr")
@@ -429,7 +434,6 @@ def test_dead_destination_one_line(faults: Faults) -> None:
     section = faults.section(name)
     assert re.search(r"Aborting journal on device dm-\d+", section), section
     assert logical_blocks(section, ", lost (a)?sync page write")
-    assert "Remounting filesystem read-only" in section
     res = slimdump("inspect", faults.dir(name) / "dump.triage")
     assert res.returncode == 0 and "sysrq triggered crash" in res.stdout, res.stderr
 
