@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile crash \
                 elfutils binutils zstd python3-libkdumpfile \
-                liblzo2-dev zlib1g-dev gcc \
+                liblzo2-dev zlib1g-dev libdeflate-dev gcc \
                 linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev \
                 xz-utils git \
                 python3-dev python3-setuptools python3-lzo \
@@ -16,7 +16,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static kexec-tools cpio makedumpfile cra
 STAMP  := $(VENV)/.installed
 
 # Debian packages first: python-lzo and slimdump's C packer build against
-# liblzo2-dev and zlib1g-dev.
+# liblzo2-dev, zlib1g-dev and libdeflate-dev.
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml setup.py src/slimdump/writers/_pagepack.c src/slimdump/
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@$(PY) -c 'import slimdump.writers._pagepack, slimdump.kernel._pageclass, slimdump.sources._mapcopy' 2>/dev/null || { \
-	  echo "setup: the C extensions did not build (gcc, liblzo2-dev, zlib1g-dev, Python.h?)"; \
+	  echo "setup: the C extensions did not build (gcc, liblzo2-dev, zlib1g-dev, libdeflate-dev, Python.h?)"; \
 	  exit 1; }
 	touch $(STAMP)
 

@@ -23,6 +23,7 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,13 +168,15 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
 
 
 def write_kdump_file(vm: Vm, dst: Path, bitmap2: np.ndarray, codec: str, *,
-                     dump_level: int = 1, workers: int | None = 2) -> KdumpResult:
+                     dump_level: int = 1, workers: int | None = 2,
+                     exact_compression: bool = False) -> KdumpResult:
     meta = replace(vm.meta, dump_level=dump_level)
     done: list[int] = []
     with AtomicOutput(dst) as out:
         result = write_kdump(out, meta, packed(vm.bitmap1), packed(bitmap2),
                              page_reader(vm.source, PAGE),
-                             codec=codec, workers=workers, progress=done.append)
+                             codec=codec, workers=workers, progress=done.append,
+                             exact_compression=exact_compression)
         out.commit()
     assert done == sorted(done) and done[-1] == int(bitmap2.sum()) == result.pages
     assert dst.stat().st_size == result.size
@@ -347,22 +350,31 @@ def open_kdump_segments(vm: Vm) -> list:
 def test_output_independent_of_threads_and_packer(vm: Vm, tmp_path: Path, codec: str,
                                                   dump_level: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Worker threads and the C packer change only the speed: 2 workers, 1
-    worker and the pure-Python packer and descriptor builder write the same
-    file, with zero pages shared (level 1) or stored in place (level 0)."""
+    """Worker threads and the C packer change only the speed: 2 workers and
+    1 worker write the same file; with makedumpfile's compressors
+    (exact_compression) the C packer writes the pure-Python packer's and
+    descriptor builder's file; zero pages shared (level 1) or stored in
+    place (level 0).  The C packer's faster compressors write the same pages
+    (drgn reads them equal to the source)."""
     some = vm.half & (np.arange(len(vm.half)) < 0x20000)
-    threaded, single, python = (tmp_path / name for name in ("threaded", "single", "python"))
+    threaded, single, exact, python = (tmp_path / name for name in
+                                       ("threaded", "single", "exact", "python"))
     result = write_kdump_file(vm, threaded, some, codec, workers=2, dump_level=dump_level)
     assert result.workers == 2
     assert (result.zero_pages > 0) == (dump_level == 1)
     assert write_kdump_file(vm, single, some, codec, workers=1,
                             dump_level=dump_level).workers == 1
+    write_kdump_file(vm, exact, some, codec, dump_level=dump_level, exact_compression=True)
     monkeypatch.setattr(pagepack, "NATIVE_PACK", None)
     monkeypatch.setattr(pagepack, "NATIVE_ZERO_BITS", None)
     monkeypatch.setattr(pagepack, "NATIVE_DESCRIPTORS", None)
     write_kdump_file(vm, python, some, codec, workers=2, dump_level=dump_level)
     assert filecmp.cmp(threaded, single, shallow=False)
-    assert filecmp.cmp(threaded, python, shallow=False)
+    assert filecmp.cmp(exact, python, shallow=False)
+    if codec in ("zlib", "lzo"):
+        assert not filecmp.cmp(threaded, exact, shallow=False)
+    if codec in pagepack.NATIVE_CODECS:
+        check_drgn(vm, threaded, some)
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -401,9 +413,12 @@ def test_native_descriptors_equal_python(share: bool, big_endian: bool) -> None:
 
 
 def test_native_packer_built() -> None:
-    """CI builds the C packer (make setup installs gcc and liblzo2-dev); a
-    silent fallback to Python would only show as a slow benchmark."""
+    """CI builds the C packer (make setup installs gcc, liblzo2-dev and
+    libdeflate-dev); a silent fallback to Python, or to zlib for -c, would
+    only show as a slow benchmark."""
     require_native(pagepack.NATIVE_PACK, "slimdump.writers._pagepack")
+    from slimdump.writers import _pagepack
+    assert _pagepack.ZLIB_COMPRESSOR.startswith("libdeflate "), _pagepack.ZLIB_COMPRESSOR
 
 
 @pytest.mark.parametrize("page_size", [1024, 4096, 65536])
@@ -421,7 +436,7 @@ def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
             + bytes(almost) + real[32 * 4096:])
     data = data[:len(data) // page_size * page_size]
     found = codecs.get_codec(codec)
-    native = pagepack.NATIVE_PACK(data, page_size, found.flag)
+    native = pagepack.NATIVE_PACK(data, page_size, found.flag, True)
     python = pagepack.pack_pages_python(found, data, page_size)
     assert native == python
     zero = np.frombuffer(native[0], np.uint8)
@@ -431,7 +446,41 @@ def test_native_pack_equals_python(vm: Vm, codec: str, page_size: int) -> None:
         assert (flags == 0).sum() >= 2 and (flags == found.flag).any()
     # an unaligned view reads the same
     odd = memoryview(b"x" + data)[1:]
-    assert pagepack.NATIVE_PACK(odd, page_size, found.flag) == native
+    assert pagepack.NATIVE_PACK(odd, page_size, found.flag, True) == native
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+@pytest.mark.parametrize("codec", ["zlib", "lzo"])
+def test_fast_pack_stores_the_same_pages(vm: Vm, codec: str, page_size: int) -> None:
+    """The C packer's default compressors (LZO1X-1 with a page-sized
+    dictionary up to 4 KiB pages, libdeflate's zlib streams) store other
+    bytes than makedumpfile's compressors, and the same pages: the same zero
+    test, and every stored page decompresses, with zlib's inflate and
+    python-lzo (liblzo2), to the source page; compressed where the flag says."""
+    require_native(pagepack.NATIVE_PACK, "slimdump.writers._pagepack")
+    lzo = require_module("lzo")
+    data = vm.source.read_phys(0x1000000, 64 * 4096) + os.urandom(2 * page_size)
+    data = data[:len(data) // page_size * page_size]
+    found = codecs.get_codec(codec)
+    zero, flags, sizes, blob = pagepack.NATIVE_PACK(data, page_size, found.flag, False)
+    exact = pagepack.NATIVE_PACK(data, page_size, found.flag, True)
+    assert zero == exact[0]
+    # LZO above 4 KiB pages keeps makedumpfile's LZO1X-1
+    assert (blob == exact[3]) == (codec == "lzo" and page_size > 4096)
+    pages = [data[i * page_size:(i + 1) * page_size] for i in range(len(zero)) if not zero[i]]
+    at = 0
+    for page, flag, size in zip(pages, np.frombuffer(flags, np.uint32),
+                                np.frombuffer(sizes, np.uint32), strict=True):
+        stored = blob[at:at + size]
+        at += int(size)
+        if flag == 0:
+            assert stored == page
+            continue
+        assert flag == found.flag and size < page_size
+        plain = (zlib.decompress(stored) if codec == "zlib"
+                 else lzo.decompress(stored, False, page_size))
+        assert plain == page
+    assert at == len(blob) and (np.frombuffer(flags, np.uint32) != 0).sum() >= 2
 
 
 @pytest.mark.parametrize("codec", ["snappy", "zstd", "lzo", "none"])
@@ -595,15 +644,31 @@ def test_reads_makedumpfile_output(vm: Vm, mdf: dict[str, Path], name: str) -> N
 @pytest.mark.parametrize(("name", "codec"), [("c", "zlib"), ("l", "lzo"), ("p", "none")])
 def test_same_bytes_as_makedumpfile(vm: Vm, mdf: dict[str, Path], name: str, codec: str,
                                     tmp_path: Path) -> None:
-    """Given makedumpfile's bitmaps, our file is makedumpfile's file."""
+    """Given makedumpfile's bitmaps and compressors, our file is
+    makedumpfile's file.  With our default compressors it holds the same
+    headers, bitmaps and pages: drgn reads every kept page of both equal."""
     with open_kdump(mdf[name]) as theirs:
         meta = replace(vm.meta, dump_level=theirs.dump_level)
-        dst = tmp_path / "ours"
-        with AtomicOutput(dst) as out:
-            write_kdump(out, meta, theirs.bitmap1, theirs.bitmap2, page_reader(vm.source),
-                        codec=codec)
-            out.commit()
-    assert filecmp.cmp(dst, mdf[name], shallow=False)
+        ours, fast = tmp_path / "ours", tmp_path / "fast"
+        for dst, exact in ((ours, True), (fast, False)):
+            with AtomicOutput(dst) as out:
+                writer = kdump_writer.KdumpWriter(out, meta, theirs.bitmap1, theirs.bitmap2,
+                                                  codec=codec, exact_compression=exact)
+                writer.write(page_reader(vm.source))
+                out.commit()
+        kept = np.flatnonzero(unpacked(theirs.bitmap2))
+    assert filecmp.cmp(ours, mdf[name], shallow=False)
+    head = writer.desc_offset
+    assert fast.read_bytes()[:head] == mdf[name].read_bytes()[:head]
+    if codec != "none":
+        assert fast.read_bytes() != mdf[name].read_bytes()
+    progs = []
+    for path in (fast, mdf[name]):
+        prog = drgn.Program()
+        prog.set_core_dump(str(path))
+        progs.append(prog)
+    for pfn in kept.tolist():
+        assert progs[0].read(pfn * PAGE, PAGE, True) == progs[1].read(pfn * PAGE, PAGE, True)
 
 
 def test_same_elf_as_makedumpfile(vm: Vm, mdf: dict[str, Path], tmp_path: Path) -> None:

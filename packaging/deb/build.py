@@ -144,7 +144,7 @@ def build_extensions(python: str, work: Path, lib: Path) -> None:
         built = list(lib.glob(f"{ext}.cpython-*.so"))
         if len(built) != 1:   # setup.py marks them optional: a failure is silent there
             raise BuildError(f"the C extension {ext.replace('/', '.')} did not build "
-                             f"(python3-dev, liblzo2-dev, zlib1g-dev installed?)")
+                             f"(python3-dev, liblzo2-dev, zlib1g-dev, libdeflate-dev installed?)")
         run("strip", "--strip-unneeded", "--remove-section=.comment",
             "--remove-section=.note", built[0])
 

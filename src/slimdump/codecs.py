@@ -10,6 +10,10 @@ LZO1X-1), snappy 0x4 (a raw snappy block, not the framed format) and zstd
 0x20 (one zstd frame, level 1).  A page is stored compressed only when the
 result is strictly smaller than a page; otherwise it is stored as is with
 flags 0 (reference section 2.5).  Readers (crash, libkdumpfile) rely on that.
+These are the formats, not the compressors: the C packer of
+:mod:`slimdump.writers.pagepack` makes the same formats with faster
+compressors (LZO1X-1 with a page-sized dictionary, libdeflate's zlib
+streams); this module compresses as makedumpfile does.
 
 The LZO (python-lzo) and snappy/zstd (cramjam) modules are imported when a
 codec first needs them, so a missing module only matters to the one codec

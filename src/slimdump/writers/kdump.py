@@ -140,7 +140,9 @@ class KdumpWriter:
     pages of ``[start, end)``, their descriptors from the table's first slot.
     ``lose_pages``: leave out a page the source cannot give (False: raise
     its SourceReadError; a --split part's bitmaps must be the same in every
-    part).
+    part).  ``exact_compression``: compress as makedumpfile does, for a file
+    byte-identical to its (:func:`~slimdump.writers.pagepack.pack_pages`);
+    by default faster compressors writing the same formats.
 
     After :meth:`write`, or after it failed while writing page data
     (``writing_pages``), ``pages_written`` and ``data_end`` say how far the
@@ -151,8 +153,10 @@ class KdumpWriter:
                  bitmap1: BitmapLike | PfnBitmap, bitmap2: BitmapLike | PfnBitmap, *,
                  codec: str | Codec = "zlib", workers: int | None = None,
                  cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None,
-                 pfn_range: tuple[int, int] | None = None, lose_pages: bool = True) -> None:
+                 pfn_range: tuple[int, int] | None = None, lose_pages: bool = True,
+                 exact_compression: bool = False) -> None:
         self.out = as_output(out)
+        self.exact_compression = exact_compression
         self.lose_pages = lose_pages
         if pfn_range is not None and not 0 <= pfn_range[0] <= pfn_range[1] <= meta.max_mapnr:
             raise ValueError(f"split range {pfn_range} is not within 0-{meta.max_mapnr}")
@@ -372,7 +376,8 @@ class KdumpWriter:
         return _Task(count, executor.submit(self._pack_data, data, lost))
 
     def _pack_data(self, data: memoryview, lost: Lost) -> tuple[PackedPages, Lost]:
-        return pack_pages(self.codec, data, self.meta.page_size), lost
+        return (pack_pages(self.codec, data, self.meta.page_size, exact=self.exact_compression),
+                lost)
 
     def _pack(self, read_pages: ReadPages,
               runs: list[tuple[int, int]]) -> tuple[PackedPages, Lost]:
@@ -382,7 +387,8 @@ class KdumpWriter:
         if buf is None:
             buf = self._local.buf = memoryview(bytearray(TASK_PAGES * self.meta.page_size))
         data, lost = gather_pages(read_pages, runs, buf, self.meta.page_size)
-        return pack_pages(self.codec, data, self.meta.page_size), lost
+        return (pack_pages(self.codec, data, self.meta.page_size, exact=self.exact_compression),
+                lost)
 
     def _finish(self, task: _Task, pos: int, data_at: int,
                 result: KdumpResult) -> tuple[int, int]:
@@ -433,11 +439,12 @@ class KdumpWriter:
 def write_kdump(out: PositionedOutput | int, meta: KdumpMeta, bitmap1: BitmapLike,
                 bitmap2: BitmapLike, read_pages: ReadPages, *, codec: str | Codec = "zlib",
                 workers: int | None = None, progress: Callable[[int], None] | None = None,
-                cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None
-                ) -> KdumpResult:
+                cycle_pages: int = CYCLE_PAGES, executor: Executor | None = None,
+                exact_compression: bool = False) -> KdumpResult:
     """Write a kdump-compressed file; see :class:`KdumpWriter`."""
     writer = KdumpWriter(out, meta, bitmap1, bitmap2, codec=codec, workers=workers,
-                         cycle_pages=cycle_pages, executor=executor)
+                         cycle_pages=cycle_pages, executor=executor,
+                         exact_compression=exact_compression)
     return writer.write(read_pages, progress)
 
 

@@ -6,8 +6,12 @@ their descriptors will say (:mod:`slimdump.codecs`: compressed only when
 strictly smaller than a page); :func:`build_descriptors` then writes the
 run's 24-byte page descriptors.  Both run in C without the GIL where
 :mod:`slimdump.writers._pagepack` is built (zlib, LZO and no compression;
-the zero test for every codec), and in plain Python otherwise, with the
-same bytes (tests hold the two together).
+the zero test for every codec), and in plain Python otherwise.  The C
+packer compresses with faster compressors than makedumpfile's by default
+(LZO1X-1 with a dictionary sized to the page; libdeflate for zlib streams,
+where built with it): the same formats, other bytes.  With ``exact=True`` it
+uses makedumpfile's compressors and writes the Python path's bytes (tests
+hold the two together, and both to makedumpfile's file).
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ _NATIVE = _native()
 #: the C accelerator's functions, None where it is not built (tests set them
 #: to None to run the pure-Python paths; the functions below look them up
 #: when called)
-NATIVE_PACK: Callable[[bytes, int, int], PackedPages] | None = \
+NATIVE_PACK: Callable[..., PackedPages] | None = \
     _NATIVE.pack if _NATIVE else None
 NATIVE_ZERO_BITS: Callable[[bytes, int], bytes] | None = _NATIVE.zero_bits if _NATIVE else None
 NATIVE_DESCRIPTORS: Callable[..., tuple[bytes, int, int]] | None = \
@@ -129,14 +133,17 @@ def _pack_pages_with(zero_bits: Callable[[bytes | memoryview, int], bytes], code
     return zero, flags, sizes, blob
 
 
-def pack_pages(codec: str | Codec, data: bytes, page_size: int) -> PackedPages:
+def pack_pages(codec: str | Codec, data: bytes, page_size: int, *,
+               exact: bool = False) -> PackedPages:
     """Zero-test whole pages and store the others as a kdump descriptor wants
     them (compressed with ``codec`` when strictly smaller than a page).  Uses
     the C accelerator, which runs without the GIL, where it serves the codec,
-    and its zero test for the other codecs."""
+    and its zero test for the other codecs.  ``exact``: compress with
+    makedumpfile's compressors (zlib level 1, LZO1X-1), so that the bytes are
+    makedumpfile's; otherwise the C accelerator's faster ones."""
     found = get_codec(codec)
     if NATIVE_PACK is not None and found.name in NATIVE_CODECS:
-        return NATIVE_PACK(data, page_size, found.flag)
+        return NATIVE_PACK(data, page_size, found.flag, exact)
     if NATIVE_ZERO_BITS is not None and found.flag:
         return pack_pages_zero_native(found, data, page_size)
     return pack_pages_python(found, data, page_size)
