@@ -246,7 +246,8 @@ LEAN_CAPTURE = """
 import sys
 from slimdump.cli import main
 code = main(sys.argv[1:])
-heavy = ("numpy", "dataclasses", "inspect", "concurrent.futures", "tempfile")
+heavy = ("numpy", "dataclasses", "inspect", "concurrent.futures", "tempfile",
+         "slimdump.triage.mce", "slimdump.triage.ghes")
 print(" ".join(m for m in heavy if m in sys.modules) or "-")
 sys.exit(code)
 """
@@ -258,9 +259,10 @@ def test_capture_imports_stay_lean(tmp_path: Path, options: list[str], mdf_l31) 
     """A capture starts as fast as makedumpfile only if it loads no more than
     it needs: no numpy (the pages are classified in C), no dataclasses or
     inspect (slimdump.record), no concurrent.futures (slimdump.threadpool),
-    no tempfile.  The file is still makedumpfile's: the same pages as
-    makedumpfile keeps (-d 31) or holds (-d 0) where the format has a 2nd
-    bitmap."""
+    no tempfile, and for this software crash no machine-check or GHES parser
+    (slimdump.triage.classify imports them for their panics).  The file is
+    still makedumpfile's: the same pages as makedumpfile keeps (-d 31) or
+    holds (-d 0) where the format has a 2nd bitmap."""
     from slimdump.kernel.dump_level import NATIVE
 
     require_native(NATIVE, "slimdump.kernel._pageclass")

@@ -26,14 +26,14 @@ from __future__ import annotations
 import re
 
 from slimdump.record import field, record
-from slimdump.triage.ghes import parse_ghes
-from slimdump.triage.mce import log_lines, parse_machine_checks
+from slimdump.triage.loglines import log_lines
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
     from typing import Any
 
 PANIC_PREFIX = "Kernel panic - not syncing: "
+_END_PREFIX = "---[ end Kernel panic"
 _END_MARKER = re.compile(r"^---\[ end Kernel panic - not syncing: (.*?)(?: \]---)?\s*$")
 # An Oops header: "Oops: 0002 [#1] SMP", "general protection fault: 0000 [#1]", ...
 _OOPS = re.compile(r"^(?:Oops\b|[\w ,()-]{1,60}: [0-9a-f]{4} \[#\d{1,4}\])")
@@ -139,11 +139,13 @@ def _find_panic(records: list[tuple[int, str]]) -> tuple[_Panic | None, int]:
     marks: list[tuple[str, _Panic]] = []
     for index, ts, line in log_lines(records):
         text = line.strip()
+        # the literal tests spare most lines the regular expressions, whose
+        # matches need them: the log is read on every capture
         if text.startswith(PANIC_PREFIX):
             marks.append(("panic", _Panic(index, ts, text[len(PANIC_PREFIX):].strip(), text)))
-        elif m := _END_MARKER.match(text):
+        elif text.startswith(_END_PREFIX) and (m := _END_MARKER.match(text)):
             marks.append(("end", _Panic(index, ts, m.group(1).strip(), text)))
-        elif _OOPS.match(text):
+        elif (text.startswith("Oops") or "[#" in text) and _OOPS.match(text):
             marks.append(("oops", _Panic(index, ts, "", text)))
     chosen = ([p for kind, p in marks if kind == "panic"]
               or [p for kind, p in marks if kind == "end"])
@@ -191,12 +193,14 @@ def _panic_cpu(records: list[tuple[int, str]], panic: _Panic) -> int | None:
     return None
 
 
-def _mce_reason(message: str, has_records: bool) -> bool:
-    """Is this panic message a machine-check panic?  See the module docstring."""
+def _mce_message(message: str) -> str | None:
+    """"panic" when this panic message is a machine-check panic whatever the
+    log holds, "severity" when it is one only with a machine-check record
+    before it, None when it is none; see the module docstring."""
     low = message.lower()
     if low in MCE_PANICS or _MCE_WORDS.search(message):
-        return True
-    return has_records and low.rstrip(".!") in MCE_SEVERITY_MESSAGES
+        return "panic"
+    return "severity" if low.rstrip(".!") in MCE_SEVERITY_MESSAGES else None
 
 
 def classify(records: list[tuple[int, str]]) -> Classification:
@@ -205,13 +209,20 @@ def classify(records: list[tuple[int, str]]) -> Classification:
     if panic is None:
         return Classification(None, None, None, NO_PANIC)
     message = panic.message
-    mces = [mc for mc in parse_machine_checks(records)
-            if _in_event(mc.record_index, mc.ts_nsec, panic, start)]
+    mce_message = _mce_message(message)
+    mces: list[Any] = []
+    if mce_message:
+        # the machine-check and GHES parsers (about 30 regular expressions)
+        # are imported for their panics only: a software crash's capture
+        # does not pay for them at start-up
+        from slimdump.triage.mce import parse_machine_checks
+        mces = [mc for mc in parse_machine_checks(records)
+                if _in_event(mc.record_index, mc.ts_nsec, panic, start)]
     reason: str | None = None
     errors: list[dict[str, Any]] = []
     evidence: list[str] = []
     cpu = _panic_cpu(records, panic)
-    if _mce_reason(message, bool(mces)):
+    if mce_message == "panic" or (mce_message == "severity" and mces):
         reason = "PANIC_MCE"
         errors = [mc.to_metadata() for mc in mces]
         evidence = [mc.text[0] for mc in mces]
@@ -219,6 +230,7 @@ def classify(records: list[tuple[int, str]]) -> Classification:
             cpu = mces[-1].cpu           # mce_panic() prints the final record last
     elif _GHES_PANIC.match(message):
         reason = "PANIC_GHES"
+        from slimdump.triage.ghes import parse_ghes
         ghes = [g for g in parse_ghes(records)
                 if _in_event(g.record_index, g.ts_nsec, panic, start)]
         errors = [g.to_metadata() for g in ghes]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from slimdump.record import field, record
-from slimdump.triage.mce import log_lines
+from slimdump.triage.loglines import log_lines
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:

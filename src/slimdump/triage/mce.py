@@ -21,9 +21,9 @@ pure: text in, values out, and no input line can make it raise.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 from slimdump.record import field, record
+from slimdump.triage.loglines import log_lines
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up)
 if TYPE_CHECKING:
@@ -190,21 +190,6 @@ _PROC_FIELDS = {
 # Fragments of the pr_cont()ed lines that end up as records of their own
 # when another CPU's message got in between.
 _FRAGMENT = re.compile(r"^(?:\{|(?:ADDR|MISC|SYND|SYND1|SYND2|IPID|PPIN) [0-9a-fA-F])")
-
-
-def log_lines(records: list[tuple[int, str]]) -> Iterator[tuple[int, int, str]]:
-    """``(record index, ts_nsec, line)`` for every line of every record:
-    a record's text may hold continuation lines after '\\n'."""
-    for index, entry in enumerate(records):
-        try:
-            ts, text = entry
-        except (TypeError, ValueError):
-            continue
-        if not isinstance(text, str):
-            continue
-        ts = ts if isinstance(ts, int) else 0
-        for line in text.split("\n"):
-            yield index, ts, line
 
 
 def strip_hw_err(line: str) -> tuple[bool, str]:
