@@ -9,8 +9,9 @@ line, as the kdump services run it.
   mkdumprd, ``-R DUMP < device`` to recover a raw target.
 
 The oracle is makedumpfile itself on the same real vmcore: for a software
-crash, the same bytes (or, for streams, the same file after ``makedumpfile
--R``); for a hardware-error crash, a slimdump that ``makedumpfile -R`` and
+crash, the same format, bitmaps and pages (for streams, after ``makedumpfile
+-R``; the compressed bytes differ: slimdump's compressors are faster, see
+writers/_pagepack.c); for a hardware-error crash, a slimdump that ``makedumpfile -R`` and
 readelf read.  ``--check-params`` answers are compared with makedumpfile's:
 exit status, standard output and standard error, both invoked as
 ``makedumpfile`` from PATH.
