@@ -238,7 +238,9 @@ def report(args: argparse.Namespace, boots: dict[int, Boot]) -> str:
         f"Date {now:%Y-%m-%d %H:%M} UTC, commit {commit}{' + local changes' if dirty else ''}, "
         f"host {os.cpu_count()} CPUs; QEMU TCG; {args.runs} alternating run(s) each "
         "(makedumpfile, then slimdump); times are wall seconds, median [min-max], "
-        "process start-up included; ratio = slimdump median / makedumpfile median.", "",
+        "process start-up included; ratio = slimdump median / makedumpfile median; "
+        "pairs = slimdump / makedumpfile within each run (the two ran back to back, so "
+        "TCG's drift over the boot cancels), median [min-max].", "",
         f"- makedumpfile: `{MDF_CMD}`",
         f"- slimdump: `{SLIM_CMD}` (the Debian package's console script under "
         "/usr/bin/python3, as kdump-tools runs it after `slimdump setup kdump-tools`; "
@@ -251,9 +253,9 @@ def report(args: argparse.Namespace, boots: dict[int, Boot]) -> str:
             f"{b.memtotal_kib // 1024} MiB, /tmp tmpfs {b.tmpfs_kib // 1024} MiB), "
             f"/proc/vmcore {mib(b.vmcore_bytes)}, QEMU ran {b.qemu_s:.0f} s; "
             f"command line: `{b.cmdline}`", "",
-            "| read | options | slimdump s | makedumpfile s | ratio | slimdump out | "
+            "| read | options | slimdump s | makedumpfile s | ratio | pairs | slimdump out | "
             "makedumpfile out | slimdump mmap = non-mmap |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         times, sizes = b.times, b.sizes
         for mode in args.modes:
@@ -261,9 +263,12 @@ def report(args: argparse.Namespace, boots: dict[int, Boot]) -> str:
                 ours, theirs = times.get(("slim", mode, opts)), times.get(("mdf", mode, opts))
                 ratio = (f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
                          if ours and theirs else "-")
+                pairs = ([a / b for a, b in zip(ours, theirs, strict=False) if b > 0]
+                         if ours and theirs else [])
                 lines.append(
                     f"| {mode} | `{opts}` | {spread(ours) if ours else 'not run'} | "
                     f"{spread(theirs) if theirs else 'not run'} | {ratio} | "
+                    f"{spread(pairs) if pairs else '-'} | "
                     f"{mib(sizes[('slim', mode, opts)]) if ours else '-'} | "
                     f"{mib(sizes[('mdf', mode, opts)]) if theirs else '-'} | "
                     f"{b.cmp.get(opts, '-')} |")
