@@ -74,7 +74,7 @@
 /* How one pack() call compresses: the codec and the state it reuses. */
 struct packer {
     int flag;
-    int exact;
+    int lzo12;              /* LZO1X-1(12): not exact, pages up to LZO_SMALL_PAGE */
     void *wrkmem;           /* LZO */
     z_stream zs;            /* zlib's deflate */
     int zs_ready;
@@ -105,10 +105,9 @@ packer_init(struct packer *p, int flag, int exact, size_t page_size, size_t *bou
 {
     memset(p, 0, sizeof(*p));
     p->flag = flag;
-    p->exact = exact;
+    p->lzo12 = !exact && page_size <= LZO_SMALL_PAGE;
     if (flag == FLAG_LZO) {
-        p->wrkmem = PyMem_RawMalloc(exact || page_size > LZO_SMALL_PAGE
-                                    ? LZO1X_1_MEM_COMPRESS : LZO1X_1_12_MEM_COMPRESS);
+        p->wrkmem = PyMem_RawMalloc(p->lzo12 ? LZO1X_1_12_MEM_COMPRESS : LZO1X_1_MEM_COMPRESS);
         return p->wrkmem ? 0 : -1;
     }
     if (flag != FLAG_ZLIB)
@@ -149,9 +148,8 @@ compress_one(struct packer *p, const unsigned char *page, size_t page_size,
 {
     if (p->flag == FLAG_LZO) {
         lzo_uint out_len = scratch_size;
-        int rc = p->exact || page_size > LZO_SMALL_PAGE
-            ? lzo1x_1_compress(page, page_size, scratch, &out_len, p->wrkmem)
-            : lzo1x_1_12_compress(page, page_size, scratch, &out_len, p->wrkmem);
+        int rc = p->lzo12 ? lzo1x_1_12_compress(page, page_size, scratch, &out_len, p->wrkmem)
+                          : lzo1x_1_compress(page, page_size, scratch, &out_len, p->wrkmem);
         if (rc != LZO_E_OK)
             return 0;
         return out_len < page_size ? out_len : 0;
